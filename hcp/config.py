@@ -1,0 +1,133 @@
+"""Command-line flags that fall back to ``HCP_*`` environment variables.
+
+Every flag is declared through :func:`env_arg`, so its ``--help`` line always names the
+variable it reads, in the same ``[env: NAME]`` form Bytewax's own ``bytewax.run`` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from typing import Any
+
+from hcp.errors import ConfigError
+
+__all__ = ["add_connection_args", "add_topic_args", "env_arg", "positive_int", "speed_value"]
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+DEFAULT_PG = "postgresql://127.0.0.1:5432/hcp"
+
+
+def env_arg(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *flags: str,
+    env: str,
+    default: Any = None,
+    type: Callable[[str], Any] = str,
+    help: str,
+    **kwargs: Any,
+) -> None:
+    """Add a flag whose default comes from ``env`` when that variable is set.
+
+    The environment value goes through the same ``type`` converter as a flag value, so a bad
+    ``HCP_*`` variable fails with the same clear message as a bad flag.
+    """
+    raw = os.environ.get(env)
+    if raw is not None and raw != "":
+        try:
+            default = type(raw)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            msg = f"environment variable {env}={raw!r} is invalid: {exc}"
+            raise ConfigError(msg) from exc
+    shown = "" if default is None else f" (default: {default})"
+    parser.add_argument(
+        *flags, default=default, type=type, help=f"{help}{shown} [env: {env}]", **kwargs
+    )
+
+
+def env_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    *,
+    env: str,
+    help: str,
+) -> None:
+    """Add an on/off switch that is also on when ``env`` is ``1``, ``true`` or ``yes``."""
+    default = os.environ.get(env, "").strip().lower() in {"1", "true", "yes", "on"}
+    parser.add_argument(flag, action="store_true", default=default, help=f"{help} [env: {env}]")
+
+
+def positive_int(text: str) -> int:
+    """Parse an integer that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        msg = f"expected a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from exc
+    if value < 1:
+        msg = f"expected a number >= 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """Parse a float that must be >= 0."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        msg = f"expected a number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from exc
+    if not value >= 0:
+        msg = f"expected a number >= 0, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def speed_value(text: str) -> float:
+    """Parse ``--speed``: a positive factor of real time, or ``max`` (returned as ``inf``)."""
+    if text.strip().lower() == "max":
+        return float("inf")
+    try:
+        value = float(text)
+    except ValueError as exc:
+        msg = f"expected a positive number or 'max', got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from exc
+    if not value > 0:
+        msg = f"expected a positive number or 'max', got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """The connection flags every subcommand shares."""
+    group = parser.add_argument_group("connections")
+    env_arg(
+        group,
+        "--bootstrap",
+        env="HCP_KAFKA_BOOTSTRAP",
+        default="127.0.0.1:9092",
+        help="Kafka bootstrap servers, host:port[,host:port]",
+    )
+    env_arg(group, "--redis", env="HCP_REDIS_URL", default=DEFAULT_REDIS, help="Redis URL")
+    env_arg(group, "--pg", env="HCP_PG_DSN", default=DEFAULT_PG, help="PostgreSQL DSN")
+
+
+def add_topic_args(parser: argparse.ArgumentParser) -> None:
+    """Topic naming and creation flags shared by producers and the job."""
+    group = parser.add_argument_group("topics")
+    env_arg(
+        group,
+        "--topic-prefix",
+        env="HCP_TOPIC_PREFIX",
+        default="hcp.",
+        help="prefix of every topic name (SPEC names use 'hcp.')",
+    )
+    env_arg(
+        group,
+        "--partitions",
+        env="HCP_PARTITIONS",
+        default=8,
+        type=positive_int,
+        help="partitions of topics created when missing",
+    )

@@ -1,0 +1,107 @@
+"""Broker checks, topic creation and end-of-topic discovery.
+
+Tansu's ListOffsets answers with the last batch's base offset + 1, not the true end, so
+:func:`end_offsets` finds each partition's end by fetching with ``enable.partition.eof``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from hcp.errors import BrokerUnreachableError
+
+__all__ = ["check_broker", "end_offsets", "ensure_topics", "partition_counts"]
+
+log = logging.getLogger(__name__)
+
+_HINT = "set --bootstrap or HCP_KAFKA_BOOTSTRAP to a reachable broker"
+
+
+def _admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 3000})
+
+
+def check_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
+    """Raise :class:`BrokerUnreachableError` within ``timeout_s`` if nobody answers."""
+    try:
+        _admin(bootstrap).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        msg = f"Kafka broker at {bootstrap} is unreachable ({exc.args[0].str()}); {_HINT}"
+        raise BrokerUnreachableError(msg) from None
+
+
+def partition_counts(bootstrap: str, topics: list[str], timeout_s: float = 5.0) -> dict[str, int]:
+    """Partitions per existing topic; missing topics are left out."""
+    try:
+        meta = _admin(bootstrap).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        msg = f"Kafka broker at {bootstrap} is unreachable ({exc.args[0].str()}); {_HINT}"
+        raise BrokerUnreachableError(msg) from None
+    return {
+        t: len(meta.topics[t].partitions)
+        for t in topics
+        if t in meta.topics and meta.topics[t].error is None
+    }
+
+
+def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 8) -> dict[str, int]:
+    """Create the topics that are missing; return the partition count of each."""
+    existing = partition_counts(bootstrap, topics)
+    missing = [t for t in topics if t not in existing]
+    if missing:
+        futures = _admin(bootstrap).create_topics(
+            [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing],
+            operation_timeout=10,
+        )
+        for topic, fut in futures.items():
+            try:
+                fut.result(timeout=15)
+                log.info("created topic %s with %d partitions", topic, partitions)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+    # Metadata can lag a create by a moment; wait until every topic is visible.
+    deadline = time.monotonic() + 10
+    while True:
+        counts = partition_counts(bootstrap, topics)
+        if len(counts) == len(topics) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
+
+
+def end_offsets(
+    bootstrap: str, topic: str, partitions: int, timeout_s: float = 30.0
+) -> dict[int, int]:
+    """The offset after the last record of each partition, found by reading to EOF.
+
+    Reads only record metadata; used by ``--once`` runs and tests, not the hot path.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"hcp-eof-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 5,
+        }
+    )
+    try:
+        ends = {p: 0 for p in range(partitions)}
+        pending = set(ends)
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for msg in consumer.consume(50_000, 0.5):
+                err = msg.error()
+                if err is None:
+                    ends[msg.partition()] = msg.offset() + 1
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+        return ends
+    finally:
+        consumer.close()

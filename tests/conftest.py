@@ -1,0 +1,66 @@
+"""Session-scoped real services: the embedded Kafka broker, Redis and PostgreSQL.
+
+Nothing here is mocked. Each test gets fresh topic names, a fresh Redis key prefix and the
+session's own fresh PostgreSQL database, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+
+from hcp.broker import EmbeddedBroker
+from hcp.topics import Topics
+
+REDIS_URL = os.environ.get("HCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PG_ADMIN_DSN = os.environ.get("HCP_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> Iterator[str]:
+    """A real Kafka-protocol broker: HCP_TEST_KAFKA_BOOTSTRAP if set, else embedded Tansu."""
+    external = os.environ.get("HCP_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture()
+def topics() -> Topics:
+    """A fresh topic set for one test."""
+    return Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture()
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A fresh Redis key prefix for one test; its keys are deleted afterwards."""
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{prefix}*", count=10_000))
+    for i in range(0, len(keys), 1000):
+        client.delete(*keys[i : i + 1000])
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    name = f"hcp_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
