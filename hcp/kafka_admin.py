@@ -54,7 +54,8 @@ def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 8) -> dic
     existing = partition_counts(bootstrap, topics)
     missing = [t for t in topics if t not in existing]
     if missing:
-        futures = _admin(bootstrap).create_topics(
+        admin = _admin(bootstrap)  # must outlive the futures it hands back
+        futures = admin.create_topics(
             [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing],
             operation_timeout=10,
         )
