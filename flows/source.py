@@ -84,8 +84,8 @@ def consumer_config(bootstrap: str) -> dict[str, object]:
         "auto.offset.reset": "earliest",
         "fetch.min.bytes": 1,
         "fetch.wait.max.ms": 5,
-        "queued.min.messages": 200_000,
-        "queued.max.messages.kbytes": 65_536,
+        "queued.min.messages": 100_000,
+        "queued.max.messages.kbytes": 16_384,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "statistics.interval.ms": 5_000,
     }
