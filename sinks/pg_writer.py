@@ -1,0 +1,225 @@
+"""Write polars DataFrames into the history tables: COPY to staging, then one upsert.
+
+One call of :meth:`PgWriter.write` is one transaction: every frame is copied into a
+per-connection temporary staging table, then merged with ``INSERT ... SELECT ... ON
+CONFLICT (natural key) DO UPDATE``. Either the whole batch lands or none of it does, and
+writing the same rows again changes nothing, so replays never duplicate.
+
+The writer learns each table's columns, types and primary key from the database catalog,
+so the SQL migrations are the single source of truth for the layout. DataFrame times are
+int64 epoch milliseconds; the upsert converts them to ``timestamptz``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+__all__ = ["CopyFormat", "PgWriter", "TableInfo"]
+
+log = logging.getLogger(__name__)
+
+CopyFormat = Literal["csv", "binary"]
+
+# Column types the staging table holds them as, and the polars type a missing column gets.
+_PG_TO_POLARS: dict[str, pl.DataType] = {
+    "text": pl.String(),
+    "bigint": pl.Int64(),
+    "integer": pl.Int64(),
+    "double precision": pl.Float64(),
+    "timestamp with time zone": pl.Int64(),
+    "boolean": pl.Boolean(),
+}
+_STAGE_TYPE = {"timestamp with time zone": "bigint", "integer": "bigint"}
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A history table as the catalog describes it."""
+
+    name: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+    key: tuple[str, ...]
+
+    @property
+    def stage(self) -> str:
+        return f"hcp_stage_{self.name}"
+
+    def stage_type(self, pg_type: str) -> str:
+        return _STAGE_TYPE.get(pg_type, pg_type)
+
+
+def _load_table(conn: psycopg.Connection, table: str) -> TableInfo:
+    rows = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) "
+        "FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
+        "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        (table,),
+    ).fetchall()
+    if not rows:
+        msg = f"table {table!r} does not exist; run `hcp db init`"
+        raise LookupError(msg)
+    key = conn.execute(
+        "SELECT a.attname FROM pg_index i "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = to_regclass(%s) AND i.indisprimary "
+        "ORDER BY array_position(i.indkey::int2[], a.attnum)",
+        (table,),
+    ).fetchall()
+    if not key:
+        msg = f"table {table!r} has no primary key to upsert on"
+        raise LookupError(msg)
+    return TableInfo(
+        name=table,
+        columns=tuple(r[0] for r in rows),
+        types=tuple(r[1] for r in rows),
+        key=tuple(r[0] for r in key),
+    )
+
+
+def _upsert_sql(info: TableInfo) -> sql.Composed:
+    cols = [sql.Identifier(c) for c in info.columns]
+    exprs = []
+    for col, pg_type in zip(info.columns, info.types, strict=True):
+        if pg_type == "timestamp with time zone":
+            # float8 seconds are exact to well under a microsecond for ms epochs, and
+            # to_timestamp rounds to the microsecond, so every millisecond survives.
+            exprs.append(
+                sql.SQL("to_timestamp({}::double precision / 1000)").format(sql.Identifier(col))
+            )
+        else:
+            exprs.append(sql.Identifier(col))
+    rest = [c for c in info.columns if c not in info.key]
+    if rest:
+        target = sql.Identifier(info.name)
+        action = sql.SQL("DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})").format(
+            sql.SQL(", ").join(
+                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                for c in rest
+            ),
+            # Skipping identical rows keeps replays from rewriting (and bloating) the table.
+            sql.SQL(", ").join(sql.SQL("{}.{}").format(target, sql.Identifier(c)) for c in rest),
+            sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in rest),
+        )
+    else:
+        action = sql.SQL("DO NOTHING")
+    return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
+        sql.Identifier(info.name),
+        sql.SQL(", ").join(cols),
+        sql.SQL(", ").join(exprs),
+        sql.Identifier(info.stage),
+        sql.SQL(", ").join(sql.Identifier(c) for c in info.key),
+        action,
+    )
+
+
+class PgWriter:
+    """Writes batches of DataFrames into history tables, one transaction per batch.
+
+    ``before_commit(batch_number)`` runs inside the transaction after every row is
+    merged and before the commit: a test hook that can raise to abort the batch.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        *,
+        copy_format: CopyFormat = "csv",
+        before_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        if copy_format not in ("csv", "binary"):
+            msg = f"copy_format must be 'csv' or 'binary', got {copy_format!r}"
+            raise ValueError(msg)
+        if not conn.autocommit:
+            msg = "PgWriter needs an autocommit connection; it opens its own transactions"
+            raise ValueError(msg)
+        self._conn = conn
+        self._format = copy_format
+        self._before_commit = before_commit
+        self._tables: dict[str, TableInfo] = {}
+        self._upserts: dict[str, sql.Composed] = {}
+        self.batches = 0
+
+    def table(self, name: str) -> TableInfo:
+        if name not in self._tables:
+            self._tables[name] = _load_table(self._conn, name)
+            self._upserts[name] = _upsert_sql(self._tables[name])
+        return self._tables[name]
+
+    def prepare(self, name: str, frame: pl.DataFrame) -> pl.DataFrame:
+        """The frame reduced to the table's columns, times as ms, one row per key."""
+        info = self.table(name)
+        missing_keys = [k for k in info.key if k not in frame.columns]
+        if missing_keys:
+            msg = f"{name}: frame lacks key column(s) {missing_keys}; has {frame.columns}"
+            raise ValueError(msg)
+        exprs = []
+        for col, pg_type in zip(info.columns, info.types, strict=True):
+            want = _PG_TO_POLARS.get(pg_type, pl.String())
+            if col not in frame.columns:
+                exprs.append(pl.lit(None, dtype=want).alias(col))
+            elif pg_type == "timestamp with time zone" and isinstance(
+                frame.schema[col], pl.Datetime
+            ):
+                exprs.append(pl.col(col).dt.epoch("ms").alias(col))
+            else:
+                exprs.append(pl.col(col).cast(want).alias(col))
+        out = frame.select(exprs)
+        # ON CONFLICT DO UPDATE refuses to touch one row twice in a statement; the last
+        # occurrence of a key in the batch is the newest, so it wins.
+        return out.unique(subset=list(info.key), keep="last", maintain_order=True)
+
+    def write(self, frames: Mapping[str, pl.DataFrame]) -> dict[str, int]:
+        """Write ``{table: frame}`` in one transaction; return rows written per table."""
+        prepared = {name: self.prepare(name, df) for name, df in frames.items() if df.height}
+        self.batches += 1
+        counts: dict[str, int] = {}
+        with self._conn.transaction():
+            for name, df in prepared.items():
+                self._stage(self.table(name), df)
+                self._conn.execute(self._upserts[name])
+                counts[name] = df.height
+            if self._before_commit is not None:
+                self._before_commit(self.batches)
+        return counts
+
+    def _stage(self, info: TableInfo, df: pl.DataFrame) -> None:
+        # ON COMMIT DELETE ROWS empties the stage at every commit; a rollback discards
+        # both the rows and, if it was created in this transaction, the table itself.
+        self._conn.execute(
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+                sql.Identifier(info.stage),
+                sql.SQL(", ").join(
+                    sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(info.stage_type(t)))
+                    for c, t in zip(info.columns, info.types, strict=True)
+                ),
+            )
+        )
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in info.columns)
+        with self._conn.cursor() as cur:
+            if self._format == "csv":
+                # polars' native CSV writer is far faster than building rows in Python;
+                # it quotes empty strings, so an unquoted empty field is NULL to COPY.
+                buf = io.BytesIO()
+                df.write_csv(buf, include_header=False)
+                stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+                    sql.Identifier(info.stage), cols
+                )
+                with cur.copy(stmt) as copy:
+                    copy.write(buf.getbuffer())
+            else:
+                stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+                    sql.Identifier(info.stage), cols
+                )
+                with cur.copy(stmt) as copy:
+                    copy.set_types([info.stage_type(t) for t in info.types])
+                    for row in df.iter_rows():
+                        copy.write_row(row)
