@@ -14,7 +14,7 @@ from bytewax.run import cli_main
 from flows.profitability import build_flow
 from flows.settings import JobSettings, add_job_args
 from flows.source import request_shutdown
-from hcp.kafka_admin import check_broker
+from hcp.kafka_admin import check_broker, partition_counts
 
 __all__ = ["register"]
 
@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if settings.recovery_dir is not None:
         from flows.recovery import prepare_recovery_dir
 
-        prepare_recovery_dir(settings)
+        t = settings.topics
+        parts = partition_counts(settings.bootstrap, [t.gpu, t.asic, t.prices])
+        prepare_recovery_dir(settings, parts, settings.recovery_partitions)
         recovery = RecoveryConfig(str(settings.recovery_dir))
     started = time.perf_counter()
     cli_main(

@@ -28,6 +28,7 @@ from flows.prices import price_rows
 from flows.settings import JobSettings
 from flows.shard import ShardConfig, ShardLogic
 from flows.source import KafkaBatchSource, SourceBatch, shutdown_requested
+from hcp.kafka_admin import ensure_topics
 from sinks.dlq import DlqSink
 
 __all__ = ["build_flow"]
@@ -39,6 +40,7 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     """The dataflow for ``settings``; ``extra_sinks`` also receive every tagged output."""
     metrics.configure(settings.metrics_port)
     topics = settings.topics
+    ensure_topics(settings.bootstrap, [topics.dlq], settings.partitions)
     source = KafkaBatchSource(
         settings.bootstrap,
         {"gpu": topics.gpu, "asic": topics.asic, "prices": topics.prices},

@@ -45,6 +45,7 @@ class JobSettings:
     metrics_port: int = 9464
     recovery_dir: Path | None = None
     snapshot_interval_s: float = 10.0
+    recovery_partitions: int = 8
     workers: int = 1
 
     @property
@@ -211,4 +212,13 @@ def add_job_args(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         type=non_negative_float,
         help="seconds between recovery snapshots",
+    )
+    env_arg(
+        r,
+        "--recovery-partitions",
+        env="HCP_RECOVERY_PARTITIONS",
+        default=8,
+        type=positive_int,
+        help="recovery partitions made in a new --recovery-dir: the most workers, over all "
+        "processes, the job may ever resume with",
     )

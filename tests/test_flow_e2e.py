@@ -198,3 +198,13 @@ def test_bad_and_late_input_is_dead_lettered_or_counted_and_the_job_goes_on(
     )
     assert after_bad - before_bad == 4
     assert _counter("hcp_late_events_total", kind="asic") - before_late == 1
+
+
+def test_replaying_the_same_topics_adds_no_dead_letters(bootstrap: str, topics: Topics) -> None:
+    make_topics(bootstrap, topics)
+    produce(bootstrap, topics.asic, [b"nope", asic_msg("asic-1", T0), b"[]"], "asic_id")
+    run_once(bootstrap, topics)
+    first = read_dlq(bootstrap, topics.dlq)
+    run_once(bootstrap, topics)
+    assert len(first) == 2
+    assert len(read_dlq(bootstrap, topics.dlq)) == 2

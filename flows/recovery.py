@@ -1,0 +1,65 @@
+"""Bytewax recovery directories for the job: created on first use, checked on every start.
+
+Bytewax resumes each source partition from its snapshot and each stateful step from its
+state, both as of the last epoch every worker finished. That only makes sense for the
+same dataflow over the same topics, so a ``hcp-recovery.json`` beside the partitions
+records what they belong to, and a mismatch stops the job with what to do about it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from bytewax.recovery import init_db_dir
+
+from flows.settings import JobSettings
+from hcp.errors import RecoveryStateError
+
+__all__ = ["RECOVERY_FORMAT", "prepare_recovery_dir"]
+
+log = logging.getLogger(__name__)
+
+# Bump when the pickled shard or fleet state changes shape.
+RECOVERY_FORMAT = 1
+MANIFEST = "hcp-recovery.json"
+
+
+def _identity(settings: JobSettings, partitions: dict[str, int]) -> dict[str, object]:
+    t = settings.topics
+    return {
+        "format": RECOVERY_FORMAT,
+        "flow": "hcp_profitability",
+        "topics": {name: partitions.get(name) for name in (t.gpu, t.asic, t.prices)},
+        "window_ms": settings.window_ms,
+    }
+
+
+def prepare_recovery_dir(
+    settings: JobSettings, partitions: dict[str, int], recovery_partitions: int
+) -> Path:
+    """Create the recovery partitions on first use; refuse a directory from another job."""
+    assert settings.recovery_dir is not None
+    root = settings.recovery_dir
+    manifest = root / MANIFEST
+    want = _identity(settings, partitions)
+    if manifest.exists():
+        have = json.loads(manifest.read_text())
+        if have != want:
+            msg = (
+                f"recovery directory {root} belongs to another job or version "
+                f"(it has {have}, this job is {want}); resume with the settings it was made "
+                f"with, or start afresh with an empty --recovery-dir"
+            )
+            raise RecoveryStateError(msg)
+        log.info("resuming from recovery directory %s", root)
+        return root
+    if root.exists() and any(root.iterdir()):
+        msg = f"{root} is not empty and has no {MANIFEST}; give an empty or new --recovery-dir"
+        raise RecoveryStateError(msg)
+    root.mkdir(parents=True, exist_ok=True)
+    init_db_dir(root, recovery_partitions)
+    manifest.write_text(json.dumps(want, indent=2, sort_keys=True))
+    log.info("created %d recovery partitions in %s", recovery_partitions, root)
+    return root
