@@ -28,6 +28,8 @@ from flows.prices import price_rows
 from flows.settings import JobSettings
 from flows.shard import ShardConfig, ShardLogic
 from flows.source import KafkaBatchSource, SourceBatch, shutdown_requested
+from flows.workload_flow import add_router_branch
+from flows.workload_sink import AssignmentSink
 from hcp.kafka_admin import ensure_topics
 from sinks.dlq import DlqSink
 
@@ -40,10 +42,16 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     """The dataflow for ``settings``; ``extra_sinks`` also receive every tagged output."""
     metrics.configure(settings.metrics_port)
     topics = settings.topics
-    ensure_topics(settings.bootstrap, [topics.dlq], settings.partitions)
+    # A fresh deployment may start the job before any producer: create what is missing.
+    ensure_topics(settings.bootstrap, topics.all(), settings.partitions)
     source = KafkaBatchSource(
         settings.bootstrap,
-        {"gpu": topics.gpu, "asic": topics.asic, "prices": topics.prices},
+        {
+            "gpu": topics.gpu,
+            "asic": topics.asic,
+            "prices": topics.prices,
+            "workloads": topics.workloads,
+        },
         batch_size=settings.batch_size,
         once=settings.once,
         idle_timeout_s=settings.idle_timeout_s,
@@ -68,6 +76,8 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     def route(batch: SourceBatch) -> list[tuple[str, tuple[str, SourceBatch]]]:
         if batch.kind == "prices":
             return [(s, (s, batch)) for s in shard_ids]
+        if batch.kind == "workloads":
+            return []  # the router's input only
         shard = str(batch.partition % n_shards)
         return [(shard, (shard, batch))]
 
@@ -108,13 +118,17 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
                 for key, value in zip(rows["key"], rows["value"], strict=True):
                     metrics.PRICE.labels(key).set(value)
                 out.append(("prices", rows))
-            elif settings.store_raw and not settings.no_pg:
+            elif batch.kind in ("gpu", "asic") and settings.store_raw and not settings.no_pg:
                 out.append((f"{batch.kind}_raw", batch.rows))
         return out
 
     side = op.flat_map("side_outputs", batches, side_outputs)
-    everything = op.merge("outputs", recs, side)
+    # The router places AI work on GPUs; it reads the recommendations so that GPUs told to
+    # power down get no work (docs/workloads.md).
+    routed = add_router_branch(batches, recs)
+    everything = op.merge("outputs", recs, side, routed)
     op.output("dlq_out", everything, DlqSink(settings.bootstrap, topics.dlq))
+    op.output("assignments_out", everything, AssignmentSink(settings.bootstrap, topics.assignments))
     if not settings.no_redis:
         from sinks.redis_sink import RedisSink
 

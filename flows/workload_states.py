@@ -1,0 +1,131 @@
+"""The workload state machine of SPEC section 3, and the event rows it emits.
+
+Allowed transitions (anything else is rejected, logged and counted in
+``hcp_workload_invalid_transitions_total``)::
+
+    (new)     -> submitted
+    submitted -> queued | failed          failed: the request can never be placed
+    queued    -> assigned
+    assigned  -> running                  its GPU reports the workload id
+    assigned  -> queued                   GPU down, or no report within the assign timeout:
+                                          it never started, so it goes back with its age
+    running   -> completed                a GPU of the job reports idle after it ran
+    running   -> failed                   a GPU of the job goes down
+    running   -> preempted -> queued      urgent work took its GPUs; it keeps its submit ts
+
+``completed`` and ``failed`` are terminal. A second request with a known workload id is an
+invalid ``<state> -> submitted`` transition. Every valid transition becomes one row of
+:data:`hcp.schemas.WORKLOAD_EVENT_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import polars as pl
+from prometheus_client import Counter
+
+from hcp.schemas import WORKLOAD_EVENT_SCHEMA
+
+__all__ = [
+    "ALLOWED",
+    "INVALID_TRANSITIONS",
+    "STATES",
+    "TERMINAL",
+    "StateMachine",
+    "Workload",
+]
+
+log = logging.getLogger(__name__)
+
+STATES = ("submitted", "queued", "assigned", "running", "completed", "failed", "preempted")
+TERMINAL = frozenset({"completed", "failed"})
+ALLOWED: frozenset[tuple[str | None, str]] = frozenset(
+    {
+        (None, "submitted"),
+        ("submitted", "queued"),
+        ("submitted", "failed"),
+        ("queued", "assigned"),
+        ("assigned", "running"),
+        ("assigned", "queued"),
+        ("running", "completed"),
+        ("running", "failed"),
+        ("running", "preempted"),
+        ("preempted", "queued"),
+    }
+)
+
+INVALID_TRANSITIONS = Counter(
+    "hcp_workload_invalid_transitions",
+    "Workload state transitions rejected by the state machine",
+    ["from_state", "to_state"],
+)
+
+
+@dataclass(slots=True)
+class Workload:
+    """One request and where it stands; ``submit_ts`` is kept across preemptions (its age)."""
+
+    workload_id: str
+    customer: str
+    kind: str
+    priority: int
+    gpus: int
+    mem_gb: float
+    est_duration_s: int
+    max_price_usd_hr: float  # NaN when the request sets no cap
+    submit_ts: int
+    state: str | None = None
+    gpu_idx: tuple[int, ...] = ()
+    site: str = ""
+    assigned_ts: int = 0
+    running_ts: int = 0
+    preemptions: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class StateMachine:
+    """Applies transitions to :class:`Workload` records and collects their event rows."""
+
+    def __init__(self) -> None:
+        self.invalid = 0
+        self._rows: list[tuple[str, int, str | None, str, int, str, str, str]] = []
+
+    def transition(
+        self,
+        w: Workload,
+        to_state: str,
+        ts: int,
+        reason: str = "",
+        gpu_ids: str = "",
+    ) -> bool:
+        """Move ``w`` to ``to_state``; False (and counted) when the move is not allowed."""
+        src = w.state
+        if (src, to_state) not in ALLOWED:
+            self.invalid += 1
+            INVALID_TRANSITIONS.labels(str(src), to_state).inc()
+            log.warning(
+                "invalid workload transition %s: %s -> %s (%s)",
+                w.workload_id, src, to_state, reason,
+            )
+            return False
+        w.state = to_state
+        self._rows.append(
+            (w.workload_id, int(ts), src, to_state, int(w.priority), gpu_ids, w.site, reason)
+        )
+        return True
+
+    def reject(self, workload_id: str, from_state: str | None, to_state: str) -> None:
+        """Count a transition that has no record to act on (e.g. a duplicate request)."""
+        self.invalid += 1
+        INVALID_TRANSITIONS.labels(str(from_state), to_state).inc()
+        log.warning("invalid workload transition %s: %s -> %s", workload_id, from_state, to_state)
+
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def drain(self) -> pl.DataFrame:
+        """The event rows since the last drain, in the order they happened."""
+        rows, self._rows = self._rows, []
+        return pl.DataFrame(rows, schema=WORKLOAD_EVENT_SCHEMA, orient="row")
