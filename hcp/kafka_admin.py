@@ -23,7 +23,15 @@ _HINT = "set --bootstrap or HCP_KAFKA_BOOTSTRAP to a reachable broker"
 
 
 def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 3000})
+    # log_level 0 keeps librdkafka's per-retry connection errors off stderr: an unreachable
+    # broker is reported once, by check_broker, in words that name the flag to change.
+    return AdminClient(
+        {
+            "bootstrap.servers": bootstrap,
+            "socket.connection.setup.timeout.ms": 3000,
+            "log_level": 0,
+        }
+    )
 
 
 def check_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
