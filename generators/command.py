@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         market=not args.no_market,
         workloads=not args.no_workloads,
         scenario=scenario,
+        closed_loop=args.follow_assignments,
     )
     interval = args.progress_interval
     topics = Topics(prefix=args.topic_prefix)
@@ -150,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         progress=_print_progress if interval > 0 else None,
         progress_interval_s=interval if interval > 0 else math.inf,
-        follow_assignments=args.follow_assignments,
     )
     print(summary.line(), file=sys.stderr)
     return 0

@@ -34,6 +34,8 @@ class GpuParams:
     # Background load: an idle GPU starts a job with this chance per second; jobs last
     # exponentially long with this mean. About 60 % busy in the steady state.
     job_start_per_s: float = 1 / 1200
+    # False in a closed loop: GPUs then run only the work the router assigns them.
+    background_jobs: bool = True
     job_mean_s: float = 1800.0
     fail_per_s: float = 2e-6
     repair_s: tuple[float, float] = (300.0, 1800.0)
@@ -68,7 +70,7 @@ class GpuFleet:
         self.temp = np.zeros(n)
         # Start in the steady state: ~60 % busy with a random remaining time, a few down.
         u = rng.random(n)
-        busy = u < 0.6
+        busy = (u < 0.6) & p.background_jobs
         down = u > 0.995
         self._start_jobs(np.flatnonzero(busy), start_ms)
         self.state[down] = DOWN
@@ -150,7 +152,7 @@ class GpuFleet:
         free = self.hold_until_ms <= t_ms
         u = rng.random(n)
         fail = free & (state != DOWN) & (u < p.fail_per_s)
-        start = free & (state == IDLE) & (u > 1.0 - p.job_start_per_s)
+        start = free & (state == IDLE) & (u > 1.0 - p.job_start_per_s) & p.background_jobs
         if start.any():
             self._start_jobs(np.flatnonzero(start), t_ms)
         if fail.any():

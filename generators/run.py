@@ -106,7 +106,6 @@ def generate(
     progress_interval_s: float = 5.0,
     on_second: Callable[[Simulation, int], None] | None = None,
     producer_config: dict[str, Any] | None = None,
-    follow_assignments: bool = False,
 ) -> Summary:
     """Simulate ``config.duration_s`` seconds and write them to ``topics``.
 
@@ -118,7 +117,7 @@ def generate(
     wanted = [names[s] for s in STREAMS]
     counts = create_topics(bootstrap, wanted, partitions)
     sim = Simulation(config, partitions={s: counts[names[s]] for s in STREAMS})
-    if follow_assignments:
+    if config.closed_loop:
         create_topics(bootstrap, [topics.assignments], partitions)
         on_second = _follow(bootstrap, topics, on_second)
     sim.on_second = on_second

@@ -19,7 +19,7 @@ import polars as pl
 
 from generators.asic_fleet import CURTAILED, FAULT, MINING, AsicFleet
 from generators.encode import encode_frame, encode_records
-from generators.gpu_fleet import BUSY, DOWN, IDLE, GpuFleet
+from generators.gpu_fleet import BUSY, DOWN, IDLE, GpuFleet, GpuParams
 from generators.keys import partitions_for, site_ids, site_of
 from generators.market import Market
 from generators.scenario import Event, Scenario
@@ -49,6 +49,8 @@ class SimConfig:
     market: bool = True
     workloads: bool = True
     scenario: Scenario | None = None
+    # GPUs run only what the router assigns (hcp.workloads.assignments), no background jobs.
+    closed_loop: bool = False
 
 
 @dataclass
@@ -77,7 +79,13 @@ class Simulation:
         seq = np.random.SeedSequence(c.seed)
         r_site, r_gpu, r_asic, r_market, r_work = (np.random.default_rng(s) for s in seq.spawn(5))
         self.ambient_base = r_site.uniform(16.0, 28.0, c.sites)
-        self.gpu = GpuFleet(c.gpus, site_of(c.gpus, c.sites), r_gpu, c.start_ms)
+        self.gpu = GpuFleet(
+            c.gpus,
+            site_of(c.gpus, c.sites),
+            r_gpu,
+            c.start_ms,
+            GpuParams(background_jobs=not c.closed_loop),
+        )
         self.asic = AsicFleet(c.asics, site_of(c.asics, c.sites), r_asic, c.start_ms)
         random_spikes = c.scenario.random_spikes if c.scenario else True
         self.market = Market(

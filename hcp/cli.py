@@ -19,6 +19,14 @@ __all__ = ["build_parser", "main"]
 # Order is the order of `hcp --help`.
 SUBCOMMAND_MODULES = [
     "generators.command",
+    "flows.command",
+    "hcp.demo",
+    "sinks.recommendations_command",
+    "flows.workloads_command",
+    "sinks.history_command",
+    "sinks.db_command",
+    "hcp.record_command",
+    "hcp.bench.command",
 ]
 
 log = logging.getLogger("hcp")

@@ -1,0 +1,189 @@
+"""``hcp bench``: fill fresh topics, then measure the limit, HCP, the baseline and latency.
+
+Every part runs on the same topics in one run. Parts not wired yet (see
+:mod:`hcp.bench.hooks`) are reported as "not wired yet" and left ``null`` in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+from hcp.bench import hooks
+from hcp.bench.fill import FillSpec, fill_topics, planned_events
+from hcp.bench.latency import measure_latency
+from hcp.bench.limit import DECODERS, measure_limit
+from hcp.bench.progress import Progress
+from hcp.bench.report import BenchResults, format_table, machine_info, write_chart, write_json
+from hcp.broker import EmbeddedBroker
+from hcp.config import add_connection_args, env_arg, env_flag, positive_int
+from hcp.errors import ConfigError
+from hcp.kafka_admin import check_broker
+from hcp.topics import Topics
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+QUICK_EVENTS = 500_000
+
+
+def _not_wired(part: str, exc: NotImplementedError, results: BenchResults) -> None:
+    print(f"{part}: not wired yet ({exc})", file=sys.stderr)
+    results.notes.append(f"{part}: not wired yet")
+
+
+def _command_line() -> str:
+    """How this run was started, for the results file ("" when called as a library)."""
+    if sys.argv and sys.argv[0].endswith(("hcp", "__main__.py")):
+        return "hcp " + shlex.join(sys.argv[1:])
+    return ""
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.decoder == "orjson":
+        try:
+            import orjson  # noqa: F401
+        except ImportError:
+            msg = "--decoder orjson needs the orjson package (pip install orjson)"
+            raise ConfigError(msg) from None
+    events = args.events or (QUICK_EVENTS if args.quick else FillSpec().events)
+    spec = FillSpec(events=events, asics=args.asics, gpus=args.gpus, sites=args.sites,
+                    seed=args.seed, partitions=args.partitions)
+    out = Path(args.out)
+    chart = Path(args.chart) if args.chart else out.with_suffix(".png")
+    run_id = uuid.uuid4().hex[:8]
+    topics = Topics(prefix=f"bench-{run_id}.")
+    results = BenchResults(
+        quick=args.quick,
+        command=_command_line(),
+        machine={**machine_info(), "broker": args.broker},
+        devices={"asics": spec.asics, "gpus": spec.gpus, "sites": spec.sites},
+    )
+    with ExitStack() as stack:
+        if args.broker == "embedded":
+            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
+            print(f"embedded broker on {bootstrap}", file=sys.stderr)
+        else:
+            bootstrap = args.bootstrap
+            check_broker(bootstrap)
+
+        progress = Progress("fill", total=planned_events(spec), enabled=not args.quiet)
+        filled = fill_topics(bootstrap, topics, spec,
+                             progress=lambda count: progress.update(count=count))
+        progress.close()
+        results.events = filled.events
+        results.per_topic = filled.per_topic
+        results.fill_seconds = round(filled.seconds, 3)
+        print(f"filled {filled.events:,} events ({filled.simulated_s} simulated s) under "
+              f"{topics.prefix} in {filled.seconds:.1f} s", file=sys.stderr)
+
+        runs = []
+        for i in range(args.limit_runs):
+            label = "limit" if args.limit_runs == 1 else f"limit {i + 1}/{args.limit_runs}"
+            progress = Progress(label, total=filled.events, enabled=not args.quiet)
+            runs.append(measure_limit(bootstrap, topics.inputs(), decoder=args.decoder,
+                                      progress=progress.update))
+            progress.close()
+        limit = max(runs, key=lambda r: r.events_per_s)
+        results.limit_runs_events_per_s = [round(r.events_per_s, 1) for r in runs]
+        if limit.events != filled.events:
+            results.notes.append(f"limit read {limit.events} of {filled.events} events")
+        results.limit_events_per_s = round(limit.events_per_s, 1)
+        results.limit_seconds = round(limit.seconds, 3)
+        results.limit_decoder = limit.decoder
+
+        ctx = hooks.BenchContext(
+            bootstrap=bootstrap,
+            topics=topics,
+            events=filled.events,
+            redis_url=args.redis,
+            redis_prefix=f"bench-{run_id}:",
+            pg_dsn=args.pg,
+            args=args,
+        )
+        hcp_run = baseline_run = None
+        try:
+            hcp_run = hooks.run_hcp(ctx)
+            results.hcp_events_per_s = round(hcp_run.events_per_s, 1)
+            results.hcp_seconds = round(hcp_run.seconds, 3)
+            results.hcp_peak_rss_mb = hcp_run.peak_rss_mb
+        except NotImplementedError as exc:
+            _not_wired("HCP", exc, results)
+        if not args.skip_baseline:
+            try:
+                baseline_run = hooks.run_baseline(ctx)
+                results.baseline_events_per_s = round(baseline_run.events_per_s, 1)
+                results.baseline_seconds = round(baseline_run.seconds, 3)
+            except NotImplementedError as exc:
+                _not_wired("baseline", exc, results)
+        if (
+            hcp_run is not None and baseline_run is not None
+            and hcp_run.recommendations is not None and baseline_run.recommendations is not None
+        ):
+            results.same_recommendations = hooks.same_recommendations(
+                hcp_run.recommendations, baseline_run.recommendations
+            )
+        if not args.skip_latency:
+            try:
+                lat = measure_latency(bootstrap, args.redis, events_per_s=args.latency_rate)
+                results.latency_p50_s, results.latency_p99_s = lat.p50_s, lat.p99_s
+            except NotImplementedError as exc:
+                _not_wired("latency", exc, results)
+
+    write_json(results, out)
+    write_chart(results, chart)
+    print(format_table(results))
+    print(f"results: {out}  chart: {chart}")
+    if results.same_recommendations is False:
+        print("HCP and the baseline made different recommendations", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="throughput benchmark: limit, HCP and baseline on the same fresh topics",
+        description=(
+            "Fill fresh topics deterministically, then measure on them: the limit (a plain "
+            "consumer that reads and decodes every event), HCP (--once), the per-event "
+            "Bytewax baseline, and the latency at a fixed real-time rate."
+        ),
+    )
+    env_flag(p, "--quick", env="HCP_BENCH_QUICK",
+             help=f"development run: {QUICK_EVENTS:,} events (about a minute)")
+    env_arg(p, "--out", env="HCP_BENCH_OUT", default="bench/results.json",
+            help="results JSON path (the chart goes beside it as .png)")
+    env_arg(p, "--chart", env="HCP_BENCH_CHART", help="chart PNG path")
+    env_arg(p, "--events", env="HCP_BENCH_EVENTS", type=positive_int,
+            help=f"events to generate (default {FillSpec().events:,}, --quick {QUICK_EVENTS:,})")
+    env_arg(p, "--asics", env="HCP_BENCH_ASICS", default=FillSpec().asics, type=positive_int,
+            help="simulated ASICs")
+    env_arg(p, "--gpus", env="HCP_BENCH_GPUS", default=FillSpec().gpus, type=positive_int,
+            help="simulated GPUs")
+    env_arg(p, "--sites", env="HCP_BENCH_SITES", default=FillSpec().sites, type=positive_int,
+            help="simulated sites")
+    env_arg(p, "--seed", env="HCP_BENCH_SEED", default=FillSpec().seed, type=int,
+            help="generator seed")
+    env_arg(p, "--partitions", env="HCP_BENCH_PARTITIONS", default=FillSpec().partitions,
+            type=positive_int, help="partitions of each benchmark topic")
+    env_arg(p, "--decoder", env="HCP_BENCH_DECODER", default="auto", choices=DECODERS,
+            help="JSON decoder of the limit consumer")
+    env_arg(p, "--limit-runs", env="HCP_BENCH_LIMIT_RUNS", default=1, type=positive_int,
+            help="limit passes over the topics; the best one is reported")
+    env_arg(p, "--latency-rate", env="HCP_BENCH_LATENCY_RATE", default=350_000.0, type=float,
+            help="events/s of the real-time latency run")
+    env_arg(p, "--broker", env="HCP_BENCH_BROKER", default="embedded",
+            choices=("embedded", "external"),
+            help="'embedded' starts a Tansu broker for the run; 'external' uses --bootstrap")
+    env_flag(p, "--skip-baseline", env="HCP_BENCH_SKIP_BASELINE", help="do not run the baseline")
+    env_flag(p, "--skip-latency", env="HCP_BENCH_SKIP_LATENCY", help="do not measure latency")
+    env_flag(p, "--quiet", env="HCP_QUIET", help="no progress lines")
+    add_connection_args(p)
+    p.set_defaults(func=_bench)

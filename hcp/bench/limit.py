@@ -1,0 +1,211 @@
+"""The limit: how fast one plain consumer can read and decode every event of some topics.
+
+This is the ceiling HCP is compared with: a confluent-kafka consumer, assigned to every
+partition from the beginning (no group join), fetching in big batches and JSON-decoding
+every value, doing nothing else. It stops when every partition reports its end
+(``enable.partition.eof``), so the topics must be complete before it starts.
+
+Decoders: ``polars`` parses each batch per topic with one ``pl.read_ndjson`` call over the
+values joined by newlines (with the SPEC schema when the topic is one of the inputs);
+``orjson`` and ``json`` parse each value into a dict. ``auto`` is ``polars``, the fastest on
+this machine (see docs/replay.md for the figures).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import polars as pl
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from hcp.errors import ConfigError, HcpError
+from hcp.kafka_admin import partition_counts
+from hcp.schemas import ASIC_FIELDS, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, polars_schema
+from hcp.topics import Topics
+
+__all__ = ["DECODERS", "LIMIT_CONSUMER_CONFIG", "LimitResult", "measure_limit"]
+
+log = logging.getLogger(__name__)
+
+# Tuned on the embedded Tansu broker: answer fetches at once and keep a deep local queue.
+LIMIT_CONSUMER_CONFIG: dict[str, object] = {
+    "enable.auto.commit": False,
+    "enable.partition.eof": True,
+    "fetch.wait.max.ms": 1,
+    "fetch.min.bytes": 1,
+    "queued.min.messages": 1_000_000,
+    "queued.max.messages.kbytes": 1_048_576,
+    "fetch.max.bytes": 64 * 1024 * 1024,
+    "max.partition.fetch.bytes": 16 * 1024 * 1024,
+}
+
+# SPEC schemas by topic name relative to the prefix.
+_SCHEMAS = {
+    Topics("").gpu: polars_schema(GPU_FIELDS),
+    Topics("").asic: polars_schema(ASIC_FIELDS),
+    Topics("").prices: polars_schema(PRICE_FIELDS),
+    Topics("").workloads: polars_schema(WORKLOAD_FIELDS),
+}
+DECODERS = ("auto", "polars", "orjson", "json")
+
+
+@dataclass
+class LimitResult:
+    """Events read and decoded, the wall time from assignment to the last end of partition."""
+
+    events: int
+    seconds: float
+    decoder: str
+    value_bytes: int = 0
+    bad: int = 0
+    per_topic: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def _schema_for(topic: str) -> dict | None:
+    for suffix, schema in _SCHEMAS.items():
+        if topic.endswith(suffix):
+            return schema
+    return None
+
+
+def _polars_decoder() -> Callable[[str, list[bytes]], int]:
+    def decode(topic: str, values: list[bytes]) -> int:
+        schema = _schema_for(topic)
+        try:
+            frame = pl.read_ndjson(io.BytesIO(b"\n".join(values)), schema=schema)
+        except Exception:
+            return _per_value(json.loads, values)
+        if frame.height != len(values):  # an empty value makes no row
+            return _per_value(json.loads, values)
+        return 0
+
+    return decode
+
+
+def _per_value(loads: Callable[[bytes], object], values: list[bytes]) -> int:
+    bad = 0
+    for v in values:
+        try:
+            loads(v)
+        except ValueError:
+            bad += 1
+    return bad
+
+
+def _dict_decoder(name: str) -> Callable[[str, list[bytes]], int]:
+    if name == "orjson":
+        try:
+            import orjson
+        except ImportError:
+            msg = "decoder 'orjson' needs the orjson package (pip install orjson)"
+            raise ConfigError(msg) from None
+        loads = orjson.loads
+    else:
+        loads = json.loads
+
+    def decode(_topic: str, values: list[bytes]) -> int:
+        try:
+            for v in values:
+                loads(v)
+        except ValueError:
+            return _per_value(loads, values)
+        return 0
+
+    return decode
+
+
+def measure_limit(
+    bootstrap: str,
+    topics: Sequence[str],
+    *,
+    decoder: str = "auto",
+    config: dict[str, object] | None = None,
+    batch: int = 20_000,
+    progress: Callable[[int], None] | None = None,
+    timeout_s: float = 30.0,
+) -> LimitResult:
+    """Read and decode every message of ``topics`` once; return the count and the rate.
+
+    ``config`` overrides entries of :data:`LIMIT_CONSUMER_CONFIG` (for tuning runs).
+    """
+    if decoder not in DECODERS:
+        msg = f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}"
+        raise ConfigError(msg)
+    name = "polars" if decoder == "auto" else decoder
+    decode = _polars_decoder() if name == "polars" else _dict_decoder(name)
+    counts = partition_counts(bootstrap, list(topics))
+    missing = [t for t in topics if t not in counts]
+    if missing:
+        msg = f"topics not found on {bootstrap}: {', '.join(missing)}"
+        raise ConfigError(msg)
+    conf = {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"hcp-limit-{uuid.uuid4().hex}",
+        **LIMIT_CONSUMER_CONFIG,
+        **(config or {}),
+    }
+    consumer = Consumer(conf)
+    pending = {(t, p) for t in topics for p in range(counts[t])}
+    result = LimitResult(0, 0.0, name, per_topic=dict.fromkeys(topics, 0))
+    try:
+        start = time.monotonic()
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in sorted(pending)])
+        idle_deadline = start + timeout_s
+        while pending:
+            msgs = consumer.consume(batch, 0.5)
+            if not msgs:
+                if time.monotonic() > idle_deadline:
+                    msg = f"no end of {len(pending)} partitions within {timeout_s} s"
+                    raise HcpError(msg)
+                continue
+            idle_deadline = time.monotonic() + timeout_s
+            ok = [m for m in msgs if m.error() is None]
+            if len(ok) != len(msgs):
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        continue
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        msg = f"limit consumer: {err.str()}"
+                        raise HcpError(msg)
+                    pending.discard((m.topic(), m.partition()))
+            if not ok:
+                continue
+            # Column-wise comprehensions: far cheaper than a Python loop body per message.
+            names = [m.topic() for m in ok]
+            values_all = [m.value() or b"" for m in ok]
+            if names.count(names[0]) == len(names):
+                by_topic = {names[0]: values_all}
+            else:
+                by_topic = {
+                    t: [v for n, v in zip(names, values_all, strict=True) if n == t]
+                    for t in set(names)
+                }
+            for topic, values in by_topic.items():
+                result.bad += decode(topic, values)
+                result.per_topic[topic] += len(values)
+                result.events += len(values)
+                result.value_bytes += sum(map(len, values))
+            if progress:
+                progress(len(ok))
+        result.seconds = time.monotonic() - start
+    finally:
+        consumer.close()
+    log.info(
+        "limit: %d events in %.2f s = %.0f events/s (decoder %s)",
+        result.events,
+        result.seconds,
+        result.events_per_s,
+        name,
+    )
+    return result
