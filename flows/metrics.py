@@ -34,12 +34,13 @@ PRICE = Gauge("hcp_price", "Latest price per key (kind or kind:scope)", ["key"])
 WATERMARK = Gauge("hcp_watermark_ms", "Event-time watermark of the fleet stage")
 DLQ_WRITTEN = Counter("hcp_dlq_written_total", "Dead letters written to the DLQ topic")
 
-_STATE = {"port": 0, "started": False}
+_STATE: dict[str, object] = {"port": 0, "host": "127.0.0.1", "started": False}
 
 
-def configure(port: int) -> None:
-    """Set the /metrics port; 0 turns the endpoint off."""
+def configure(port: int, host: str = "127.0.0.1") -> None:
+    """Set the /metrics address; port 0 turns the endpoint off."""
     _STATE["port"] = port
+    _STATE["host"] = host
 
 
 def serve_once() -> None:
@@ -48,8 +49,8 @@ def serve_once() -> None:
         return
     _STATE["started"] = True
     try:
-        start_http_server(int(_STATE["port"]), addr="127.0.0.1")
-        log.info("metrics on http://127.0.0.1:%d/metrics", _STATE["port"])
+        start_http_server(int(_STATE["port"]), addr=str(_STATE["host"]))
+        log.info("metrics on http://%s:%d/metrics", _STATE["host"], _STATE["port"])
     except OSError as exc:
         log.warning("metrics endpoint not started on port %s: %s", _STATE["port"], exc)
 

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataflow:
     """The dataflow for ``settings``; ``extra_sinks`` also receive every tagged output."""
-    metrics.configure(settings.metrics_port)
+    metrics.configure(settings.metrics_port, settings.metrics_host)
     topics = settings.topics
     # A fresh deployment may start the job before any producer: create what is missing.
     ensure_topics(settings.bootstrap, topics.all(), settings.partitions)

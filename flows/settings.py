@@ -43,6 +43,7 @@ class JobSettings:
     no_redis: bool = False
     no_pg: bool = False
     metrics_port: int = 9464
+    metrics_host: str = "127.0.0.1"
     recovery_dir: Path | None = None
     snapshot_interval_s: float = 10.0
     recovery_partitions: int = 8
@@ -191,10 +192,20 @@ def add_job_args(parser: argparse.ArgumentParser) -> None:
         env="HCP_METRICS_PORT",
         default=9464,
         type=int,
-        help="port of the Prometheus /metrics endpoint on 127.0.0.1; 0 turns it off",
+        help="port of the Prometheus /metrics endpoint; 0 turns it off",
+    )
+    env_arg(
+        r,
+        "--metrics-host",
+        env="HCP_METRICS_HOST",
+        default="127.0.0.1",
+        help="address the /metrics endpoint listens on (0.0.0.0 in a container)",
     )
     env_flag(
-        r, "--no-raw", env="HCP_NO_RAW", help="do not store raw telemetry and prices in PostgreSQL"
+        r,
+        "--no-raw",
+        env="HCP_NO_RAW",
+        help="do not store raw GPU and ASIC telemetry in PostgreSQL (prices are always kept)",
     )
     env_flag(r, "--no-redis", env="HCP_NO_REDIS", help="do not write to Redis")
     env_flag(r, "--no-pg", env="HCP_NO_PG", help="do not write to PostgreSQL")
