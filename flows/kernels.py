@@ -63,7 +63,7 @@ ASIC_MINING = 0
 TWO_32 = 4294967296.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def late_mask(ts: np.ndarray, running_max: int, lateness_ms: int) -> tuple[np.ndarray, int]:
     """Mark events more than ``lateness_ms`` behind their partition's running maximum.
 
@@ -81,7 +81,7 @@ def late_mask(ts: np.ndarray, running_max: int, lateness_ms: int) -> tuple[np.nd
     return late, m
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def accumulate_gpu(
     acc: np.ndarray,
     dev: np.ndarray,
@@ -102,7 +102,7 @@ def accumulate_gpu(
         acc[G_LAST_STATE, d] = state[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def accumulate_asic(
     acc: np.ndarray,
     dev: np.ndarray,
@@ -131,7 +131,7 @@ def accumulate_asic(
         acc[A_LAST_STATE, d] = state[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _score(revenue: float, cost: float) -> float:
     if np.isnan(revenue) or np.isnan(cost):
         return np.nan
@@ -142,7 +142,7 @@ def _score(revenue: float, cost: float) -> float:
     return 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def asic_decisions(
     mean_hash: np.ndarray,
     mean_power: np.ndarray,
@@ -221,7 +221,7 @@ def asic_decisions(
             out_reason[i] = HYSTERESIS_HOLD
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def gpu_decisions(
     busy_fraction: np.ndarray,
     mean_power: np.ndarray,
@@ -271,7 +271,7 @@ def gpu_decisions(
             out_reason[i] = UNPROFITABLE
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def power_cap_keep(
     site: np.ndarray,
     cap_w: np.ndarray,

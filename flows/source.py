@@ -137,10 +137,16 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
             raise StopIteration
         msgs = self._consumer.consume(self._batch_size, 0)
         eof = False
-        if msgs and msgs[-1].error() is not None:
-            # Errors and end-of-partition events come inline; they are rare, so look
-            # for them only when the batch ends with one.
-            msgs, eof = self._split_errors(msgs)
+        if msgs:
+            # The end-of-partition event of a one-partition consumer comes last, so the
+            # batch is never scanned for it; any other error event decodes as a null
+            # value and is sorted out with the bad messages, off the hot path.
+            last = msgs[-1].error()
+            if last is not None and last.code() == KafkaError._PARTITION_EOF:
+                eof = True
+                msgs = msgs[:-1]
+            elif last is not None:
+                msgs = self._without_errors(msgs)
         now = time.monotonic()
         if not msgs:
             self._next_awake = datetime.now(UTC) + timedelta(milliseconds=20)
@@ -163,18 +169,7 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         decoded = decode_values(values, self._fields)
         dlq = None
         if decoded.bad_index:
-            dlq = pl.DataFrame(
-                {
-                    "topic": [self._topic] * len(decoded.bad_index),
-                    "partition": [self._partition] * len(decoded.bad_index),
-                    "offset": [msgs[i].offset() for i in decoded.bad_index],
-                    "reason": decoded.bad_reason,
-                    "key": [msgs[i].key() for i in decoded.bad_index],
-                    "value": [values[i] for i in decoded.bad_index],
-                },
-                schema=DLQ_SCHEMA,
-            )
-            metrics.count_bad_input(self._topic, decoded.bad_reason)
+            dlq = self._dead_letters(msgs, values, decoded.bad_index, decoded.bad_reason)
         self._offset = msgs[-1].offset() + 1
         metrics.EVENTS_IN.labels(self._topic).inc(len(msgs))
         metrics.DECODE_SECONDS.labels(self._kind).observe(time.perf_counter() - started)
@@ -182,21 +177,42 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
             self._done = True
         return [self._batch(decoded.rows, dlq, eof=eof and self._once)]
 
-    def _split_errors(self, msgs: list) -> tuple[list, bool]:
-        good = []
-        eof = False
+    def _without_errors(self, msgs: list) -> list:
+        """Drop error events (rare: a batch that ends in one is scanned whole)."""
+        kept = []
         for m in msgs:
             err = m.error()
             if err is None:
-                good.append(m)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                eof = True
-            else:
-                # Broker hiccups (a restart, a leader move) are retried by librdkafka; log
-                # them so an outage is visible, and keep going.
+                kept.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("Kafka error on %s#%d: %s", self._topic, self._partition, err)
                 metrics.SOURCE_ERRORS.labels(self._topic).inc()
-        return good, eof
+        return kept
+
+    def _dead_letters(
+        self, msgs: list, values: list, bad_index: list[int], bad_reason: list[str]
+    ) -> pl.DataFrame | None:
+        rows: dict[str, list] = {c: [] for c in DLQ_SCHEMA}
+        reasons: list[str] = []
+        for i, reason in zip(bad_index, bad_reason, strict=True):
+            err = msgs[i].error()
+            if err is not None:
+                # A broker or client error event, not a message: nothing to dead-letter.
+                # librdkafka retries on its own; log it so an outage is visible.
+                log.warning("Kafka error on %s#%d: %s", self._topic, self._partition, err)
+                metrics.SOURCE_ERRORS.labels(self._topic).inc()
+                continue
+            rows["topic"].append(self._topic)
+            rows["partition"].append(self._partition)
+            rows["offset"].append(msgs[i].offset())
+            rows["reason"].append(reason)
+            rows["key"].append(msgs[i].key())
+            rows["value"].append(values[i])
+            reasons.append(reason)
+        if not reasons:
+            return None
+        metrics.count_bad_input(self._topic, reasons)
+        return pl.DataFrame(rows, schema=DLQ_SCHEMA)
 
     def _batch(
         self, rows: pl.DataFrame, dlq: pl.DataFrame | None, eof: bool = False
