@@ -16,6 +16,7 @@ from hcp.config import (
     env_arg,
     env_flag,
     non_negative_float,
+    non_negative_int,
     positive_int,
     speed_value,
 )
@@ -23,18 +24,6 @@ from hcp.errors import ConfigError
 from hcp.topics import Topics
 
 __all__ = ["register"]
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        msg = f"expected a whole number, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from exc
-    if value < 0:
-        msg = f"expected a number >= 0, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
 
 
 def _instant(text: str) -> int:
@@ -57,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sim = parser.add_argument_group("simulation")
     env_arg(sim, "--seed", env="HCP_SEED", default=7, type=int, help="random seed")
-    env_arg(sim, "--gpus", env="HCP_GPUS", default=10, type=_non_negative_int, help="GPUs")
-    env_arg(sim, "--asics", env="HCP_ASICS", default=50, type=_non_negative_int, help="ASICs")
+    env_arg(sim, "--gpus", env="HCP_GPUS", default=10, type=non_negative_int, help="GPUs")
+    env_arg(sim, "--asics", env="HCP_ASICS", default=50, type=non_negative_int, help="ASICs")
     env_arg(
         sim, "--sites", env="HCP_SITES", default=3, type=positive_int, help="sites (site-01 ...)"
     )

@@ -14,7 +14,6 @@ import logging
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from hcp.errors import HcpError
 from hcp.kafka_admin import ensure_topics
@@ -43,33 +42,7 @@ class DeliveryError(HcpError):
 
 def create_topics(bootstrap: str, topics: list[str], partitions: int) -> dict[str, int]:
     """Create missing topics and return every topic's partition count."""
-    # Create with an admin client that stays referenced until the futures resolve, then
-    # let hcp.kafka_admin confirm visibility and report partition counts.
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    meta = admin.list_topics(timeout=10)
-    missing = [t for t in topics if t not in meta.topics]
-    if missing:
-        futures = admin.create_topics(
-            [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing],
-            operation_timeout=10,
-        )
-        for topic, fut in futures.items():
-            try:
-                fut.result(timeout=15)
-                log.info("created topic %s with %d partitions", topic, partitions)
-            except Exception as exc:
-                err = exc.args[0] if exc.args else None
-                if not (
-                    isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS
-                ):
-                    msg = f"cannot create topic {topic} on {bootstrap}: {exc}"
-                    raise HcpError(msg) from None
-    counts = ensure_topics(bootstrap, topics, partitions)
-    absent = [t for t in topics if t not in counts]
-    if absent:
-        msg = f"topics {absent} are still not visible on {bootstrap}"
-        raise HcpError(msg)
-    return counts
+    return ensure_topics(bootstrap, topics, partitions)
 
 
 class BulkProducer:

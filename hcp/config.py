@@ -13,7 +13,16 @@ from typing import Any
 
 from hcp.errors import ConfigError
 
-__all__ = ["add_connection_args", "add_topic_args", "env_arg", "positive_int", "speed_value"]
+__all__ = [
+    "add_connection_args",
+    "add_topic_args",
+    "env_arg",
+    "env_flag",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_int",
+    "speed_value",
+]
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_PG = "postgresql://127.0.0.1:5432/hcp"
@@ -67,6 +76,19 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(msg) from exc
     if value < 1:
         msg = f"expected a number >= 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """Parse an integer that must be at least 0."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        msg = f"expected a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from exc
+    if value < 0:
+        msg = f"expected a number >= 0, got {value}"
         raise argparse.ArgumentTypeError(msg)
     return value
 

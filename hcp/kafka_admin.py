@@ -13,7 +13,7 @@ import uuid
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from hcp.errors import BrokerUnreachableError
+from hcp.errors import BrokerUnreachableError, HcpError
 
 __all__ = ["check_broker", "end_offsets", "ensure_topics", "partition_counts"]
 
@@ -57,30 +57,42 @@ def partition_counts(bootstrap: str, topics: list[str], timeout_s: float = 5.0) 
     }
 
 
-def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 8) -> dict[str, int]:
-    """Create the topics that are missing; return the partition count of each."""
-    existing = partition_counts(bootstrap, topics)
-    missing = [t for t in topics if t not in existing]
+def ensure_topics(
+    bootstrap: str, topics: list[str] | dict[str, int], partitions: int = 8, timeout_s: float = 15.0
+) -> dict[str, int]:
+    """Create the topics that are missing and wait until all are visible.
+
+    ``topics`` is a list (each created with ``partitions``) or a mapping of topic to its
+    own partition count. Existing topics keep theirs. Returns every topic's partition count.
+    """
+    wanted = topics if isinstance(topics, dict) else dict.fromkeys(topics, partitions)
+    names = list(wanted)
+    existing = partition_counts(bootstrap, names)
+    missing = [t for t in names if t not in existing]
     if missing:
         admin = _admin(bootstrap)  # must outlive the futures it hands back
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing],
+            [NewTopic(t, num_partitions=wanted[t], replication_factor=1) for t in missing],
             operation_timeout=10,
         )
         for topic, fut in futures.items():
             try:
-                fut.result(timeout=15)
-                log.info("created topic %s with %d partitions", topic, partitions)
+                fut.result(timeout=timeout_s)
+                log.info("created topic %s with %d partitions", topic, wanted[topic])
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
+                    msg = f"cannot create topic {topic} on {bootstrap}: {exc.args[0].str()}"
+                    raise HcpError(msg) from None
     # Metadata can lag a create by a moment; wait until every topic is visible.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + timeout_s
     while True:
-        counts = partition_counts(bootstrap, topics)
-        if len(counts) == len(topics) or time.monotonic() > deadline:
+        counts = partition_counts(bootstrap, names)
+        if len(counts) == len(names):
             return counts
-        time.sleep(0.1)
+        if time.monotonic() > deadline:
+            msg = f"topics {sorted(set(names) - set(counts))} are not visible on {bootstrap}"
+            raise HcpError(msg)
+        time.sleep(0.05)
 
 
 def end_offsets(

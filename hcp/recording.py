@@ -25,14 +25,12 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
-    KafkaException,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from hcp.errors import ConfigError, HcpError
-from hcp.kafka_admin import partition_counts
+from hcp.kafka_admin import ensure_topics, partition_counts
 
 __all__ = [
     "FORMAT",
@@ -292,33 +290,8 @@ def _load(in_dir: Path, chosen: list[RecordedTopic]) -> pl.DataFrame:
 
 
 def create_topics(bootstrap: str, wanted: dict[str, int], timeout_s: float = 15.0) -> None:
-    """Create the missing topics of ``wanted`` (name -> partitions) and wait until visible.
-
-    The admin client is kept referenced until every future resolves: a client collected
-    early fails its pending futures with "Broker handle destroyed".
-    """
-    existing = partition_counts(bootstrap, list(wanted))
-    missing = [
-        NewTopic(t, num_partitions=n, replication_factor=1)
-        for t, n in wanted.items()
-        if t not in existing
-    ]
-    if not missing:
-        return
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for topic, fut in admin.create_topics(missing, operation_timeout=10).items():
-        try:
-            fut.result(timeout=timeout_s)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                msg = f"cannot create topic {topic}: {exc.args[0].str()}"
-                raise HcpError(msg) from None
-    deadline = time.monotonic() + timeout_s
-    while len(partition_counts(bootstrap, list(wanted))) < len(wanted):
-        if time.monotonic() > deadline:
-            msg = f"created topics did not appear within {timeout_s} s"
-            raise HcpError(msg)
-        time.sleep(0.05)
+    """Create the missing topics of ``wanted`` (name -> partitions) and wait until visible."""
+    ensure_topics(bootstrap, wanted, timeout_s=timeout_s)
 
 
 def _producer_config(bootstrap: str) -> dict[str, object]:

@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 import redis
 
-from hcp.config import DEFAULT_REDIS, env_arg, env_flag, non_negative_float
+from hcp.config import DEFAULT_REDIS, env_arg, env_flag, non_negative_float, non_negative_int
 from hcp.errors import SinkUnavailableError
 from hcp.schemas import REC_SCHEMA
 from sinks.redis_layout import RedisKeys
@@ -32,8 +32,14 @@ _SORTS = {
     "revenue": ("revenue_usd_hr", True),
     "cost": ("cost_usd_hr", True),
 }
-_INT_FIELDS = {"window_start", "window_end", "devices", "n_gpu", "n_asic",
-               *(f"n_{a}" for a in ACTIONS)}
+_INT_FIELDS = {
+    "window_start",
+    "window_end",
+    "devices",
+    "n_gpu",
+    "n_asic",
+    *(f"n_{a}" for a in ACTIONS),
+}
 _TEXT_FIELDS = {"device_id", "device_type", "site", "model", "action", "reason"}
 
 
@@ -44,23 +50,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
     )
     env_arg(parser, "--redis", env="HCP_REDIS_URL", default=DEFAULT_REDIS, help="Redis URL")
-    env_arg(parser, "--redis-prefix", env="HCP_REDIS_PREFIX", default="hcp:",
-            help="prefix of HCP's Redis keys")
-    env_arg(parser, "--site", env="HCP_RECS_SITE", type=_csv,
-            help="only these sites, comma-separated")
-    env_arg(parser, "--action", env="HCP_RECS_ACTION", type=_actions,
-            help=f"only these actions, comma-separated ({', '.join(ACTIONS)})")
-    env_arg(parser, "--type", env="HCP_RECS_TYPE", type=_device_type,
-            help="only this device type (gpu or asic)")
-    env_arg(parser, "--sort", env="HCP_RECS_SORT", default="device", type=_sort_key,
-            help=f"sort key, one of {', '.join(sorted(_SORTS))}; money and score sort "
-                 "highest first")
+    env_arg(
+        parser,
+        "--redis-prefix",
+        env="HCP_REDIS_PREFIX",
+        default="hcp:",
+        help="prefix of HCP's Redis keys",
+    )
+    env_arg(
+        parser, "--site", env="HCP_RECS_SITE", type=_csv, help="only these sites, comma-separated"
+    )
+    env_arg(
+        parser,
+        "--action",
+        env="HCP_RECS_ACTION",
+        type=_actions,
+        help=f"only these actions, comma-separated ({', '.join(ACTIONS)})",
+    )
+    env_arg(
+        parser,
+        "--type",
+        env="HCP_RECS_TYPE",
+        type=_device_type,
+        help="only this device type (gpu or asic)",
+    )
+    env_arg(
+        parser,
+        "--sort",
+        env="HCP_RECS_SORT",
+        default="device",
+        type=_sort_key,
+        help=f"sort key, one of {', '.join(sorted(_SORTS))}; money and score sort highest first",
+    )
     env_flag(parser, "--reverse", env="HCP_RECS_REVERSE", help="reverse the sort order")
-    env_arg(parser, "--limit", env="HCP_RECS_LIMIT", default=50, type=_non_negative_int,
-            help="rows to print, 0 for all")
+    env_arg(
+        parser,
+        "--limit",
+        env="HCP_RECS_LIMIT",
+        default=50,
+        type=non_negative_int,
+        help="rows to print, 0 for all",
+    )
     env_flag(parser, "--json", env="HCP_RECS_JSON", help="print JSON for machines")
-    env_arg(parser, "--timeout", env="HCP_REDIS_TIMEOUT", default=3.0, type=non_negative_float,
-            help="seconds to wait for Redis to answer a connection")
+    env_arg(
+        parser,
+        "--timeout",
+        env="HCP_REDIS_TIMEOUT",
+        default=3.0,
+        type=non_negative_float,
+        help="seconds to wait for Redis to answer a connection",
+    )
     parser.set_defaults(func=run)
 
 
@@ -91,21 +130,11 @@ def _sort_key(text: str) -> str:
     return text
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        msg = f"expected a whole number, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from exc
-    if value < 0:
-        msg = f"expected a number >= 0, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     client = redis.Redis.from_url(
-        args.redis, socket_connect_timeout=args.timeout or None, socket_timeout=30,
+        args.redis,
+        socket_connect_timeout=args.timeout or None,
+        socket_timeout=30,
         decode_responses=True,
     )
     keys = RedisKeys(args.redis_prefix)
@@ -122,8 +151,12 @@ def run(args: argparse.Namespace) -> int:
     recs = _select(recs, args)
     shown = recs if args.limit <= 0 else recs.head(args.limit)
     if args.json:
-        out = {"summary": summaries, "total_devices": total, "matched": recs.height,
-               "recommendations": shown.to_dicts()}
+        out = {
+            "summary": summaries,
+            "total_devices": total,
+            "matched": recs.height,
+            "recommendations": shown.to_dicts(),
+        }
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
@@ -223,12 +256,15 @@ def _money(x: float | None) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
 
     def fmt(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     print(fmt(headers))
     for row in rows:
@@ -236,8 +272,16 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> None:
 
 
 def _print_summary(summaries: dict[str, Any]) -> None:
-    headers = ["summary", "window end", "devices", *(f"n_{a}" for a in ACTIONS),
-               "revenue $/h", "cost $/h", "net $/h", "running kW"]
+    headers = [
+        "summary",
+        "window end",
+        "devices",
+        *(f"n_{a}" for a in ACTIONS),
+        "revenue $/h",
+        "cost $/h",
+        "net $/h",
+        "running kW",
+    ]
     entries = []
     if summaries["fleet"]:
         entries.append(("fleet", summaries["fleet"]))
@@ -246,27 +290,50 @@ def _print_summary(summaries: dict[str, Any]) -> None:
         print("no summaries yet")
         return
     rows = [
-        [label, _iso(s.get("window_end")), str(s.get("devices", 0)),
-         *(str(s.get(f"n_{a}", 0)) for a in ACTIONS),
-         _money(s.get("revenue_usd_hr")), _money(s.get("cost_usd_hr")),
-         _money(s.get("net_usd_hr")), f"{(s.get('running_power_w') or 0.0) / 1e3:,.1f}"]
+        [
+            label,
+            _iso(s.get("window_end")),
+            str(s.get("devices", 0)),
+            *(str(s.get(f"n_{a}", 0)) for a in ACTIONS),
+            _money(s.get("revenue_usd_hr")),
+            _money(s.get("cost_usd_hr")),
+            _money(s.get("net_usd_hr")),
+            f"{(s.get('running_power_w') or 0.0) / 1e3:,.1f}",
+        ]
         for label, s in entries
     ]
     _table(headers, rows, right=set(range(2, len(headers))))
 
 
 def _print_recs(recs: pl.DataFrame) -> None:
-    headers = ["device", "type", "site", "action", "reason", "revenue $/h", "cost $/h",
-               "net $/h", "score", "window end"]
+    headers = [
+        "device",
+        "type",
+        "site",
+        "action",
+        "reason",
+        "revenue $/h",
+        "cost $/h",
+        "net $/h",
+        "score",
+        "window end",
+    ]
     rows = [
-        [r["device_id"], r["device_type"] or "-", r["site"] or "-", r["action"] or "-",
-         r["reason"] or "-", _money(r["revenue_usd_hr"]), _money(r["cost_usd_hr"]),
-         _money(r["net_usd_hr"]), "-" if r["score"] is None else f"{r['score']:.1f}",
-         _iso(r["window_end"])]
+        [
+            r["device_id"],
+            r["device_type"] or "-",
+            r["site"] or "-",
+            r["action"] or "-",
+            r["reason"] or "-",
+            _money(r["revenue_usd_hr"]),
+            _money(r["cost_usd_hr"]),
+            _money(r["net_usd_hr"]),
+            "-" if r["score"] is None else f"{r['score']:.1f}",
+            _iso(r["window_end"]),
+        ]
         for r in recs.iter_rows(named=True)
     ]
     if not rows:
         print("no recommendations match")
         return
     _table(headers, rows, right={5, 6, 7, 8})
-
