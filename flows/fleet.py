@@ -17,6 +17,7 @@ from bytewax.operators import StatefulBatchLogic
 from flows import kernels as k
 from flows import metrics
 from flows.shard import NEG_INF, POS_INF
+from flows.source import shutdown_requested
 from hcp.schemas import REC_SCHEMA, WINDOW_SCHEMA
 
 __all__ = ["FleetLogic", "FleetState", "apply_power_caps"]
@@ -28,6 +29,8 @@ _RUNNING = ["mine", "serve", "offer"]
 class FleetState:
     shard_wm: dict[str, int] = field(default_factory=dict)
     pending: dict[int, list[pl.DataFrame]] = field(default_factory=dict)
+    # The last ("fleet_wm", wm) sent: the workload router waits for it (flows/router_clock.py).
+    emitted_wm: int = NEG_INF
 
 
 def apply_power_caps(df: pl.DataFrame) -> pl.DataFrame:
@@ -85,7 +88,8 @@ class FleetLogic(StatefulBatchLogic[tuple, tuple, bytes]):
         return self._emit_ready(wm), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple], bool]:
-        if not self.flush_on_eof:
+        # Not on SIGTERM: the shards did not close their windows either (see ShardLogic).
+        if not self.flush_on_eof or shutdown_requested():
             return [], StatefulBatchLogic.RETAIN
         return self._emit_ready(POS_INF), StatefulBatchLogic.RETAIN
 
@@ -105,6 +109,11 @@ class FleetLogic(StatefulBatchLogic[tuple, tuple, bytes]):
                 metrics.RECOMMENDATIONS.labels(action).inc(n)
             out.append(("windows", _conform(df, WINDOW_SCHEMA)))
             out.append(("recs", _conform(df, REC_SCHEMA)))
+        # After the recs it covers, on the same stream, so the router never sees a
+        # watermark before the recommendations of the windows it closes.
+        if wm > getattr(self.s, "emitted_wm", NEG_INF):  # absent in older snapshots
+            self.s.emitted_wm = wm
+            out.append(("fleet_wm", wm))
         return out
 
 

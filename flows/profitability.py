@@ -25,10 +25,11 @@ from bytewax.outputs import Sink
 from flows import metrics
 from flows.fleet import FleetLogic, FleetState
 from flows.prices import price_rows
+from flows.router import RouterConfig
 from flows.settings import JobSettings
 from flows.shard import ShardConfig, ShardLogic
 from flows.source import KafkaBatchSource, SourceBatch, shutdown_requested
-from flows.workload_flow import add_router_branch
+from flows.workload_flow import add_router_branch, router_inputs
 from flows.workload_sink import AssignmentSink
 from hcp.kafka_admin import ensure_topics
 from sinks.dlq import DlqSink
@@ -125,7 +126,9 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     side = op.flat_map("side_outputs", batches, side_outputs)
     # The router places AI work on GPUs; it reads the recommendations so that GPUs told to
     # power down get no work (docs/workloads.md).
-    routed = add_router_branch(batches, recs)
+    routed = add_router_branch(
+        batches, recs, RouterConfig(lateness_ms=settings.lateness_ms), router_inputs(source)
+    )
     everything = op.merge("outputs", recs, side, routed)
     op.output("dlq_out", everything, DlqSink(settings.bootstrap, topics.dlq))
     op.output("assignments_out", everything, AssignmentSink(settings.bootstrap, topics.assignments))

@@ -57,6 +57,11 @@ class RouterConfig:
     # A job that has been at effective priority 10 this long and still does not fit stops
     # backfilling behind it, so it gets GPUs as they free up (None turns the guard off).
     starvation_guard_s: float | None = 1800.0
+    # Event-time clock of the dataflow (flows/router_clock.py): routing rounds happen at
+    # the end of each tick_ms tick, and inputs further than lateness_ms behind their
+    # partition's newest event are dropped (as in the profitability shards).
+    tick_ms: int = 1000
+    lateness_ms: int = 5000
 
 
 class Router:
@@ -71,6 +76,9 @@ class Router:
         self.active: dict[str, Workload] = {}  # assigned or running
         self.now = 0
         self._messages: list[dict] = []
+        # Base priority of the most urgent job the last round could not place, or 0: while
+        # it waits, running work becoming old enough to preempt is a timer.
+        self._urgent_waiting = 0
 
     # -- inputs -------------------------------------------------------------------------
     def _tick(self, ts: int) -> None:
@@ -222,6 +230,7 @@ class Router:
             self._tick(now)
         self._expire_assignments()
         QUEUED.set(len(self.queue))
+        self._urgent_waiting = 0
         if not self.queue or len(self.fleet) == 0:
             return 0
         cfg, fleet = self.config, self.fleet
@@ -254,6 +263,9 @@ class Router:
                 unplaced_urgent.append(w)
         if unplaced_urgent:
             placed += self._preempt_for(unplaced_urgent, order, score, spot)
+            self._urgent_waiting = max(
+                (w.priority for w in unplaced_urgent if w.state == "queued"), default=0
+            )
         QUEUED.set(len(self.queue))
         return placed
 
@@ -280,6 +292,27 @@ class Router:
                 block[i] = True
                 break  # one blocker is enough: nothing behind it is placed
         return block
+
+    def next_deadline(self) -> int | None:
+        """The earliest event time at which a round could act with no new input, or None.
+
+        Two timers exist: an assignment nobody confirmed expires, and running work becomes
+        old enough to preempt for an urgent job that is waiting. Queue aging alone never
+        places anything: what did not fit still does not fit on the same free GPUs.
+        """
+        cfg = self.config
+        limit = int(cfg.assign_timeout_s * 1000)
+        due = [w.assigned_ts + limit + 1 for w in self.active.values() if w.state == "assigned"]
+        urgent = getattr(self, "_urgent_waiting", 0)  # absent in pre-clock snapshots
+        if urgent:
+            min_run = int(cfg.min_runtime_s * 1000)
+            due += [
+                w.running_ts + min_run
+                for w in self.active.values()
+                if w.state == "running" and w.priority < urgent
+                and w.running_ts + min_run > self.now
+            ]
+        return min(due) if due else None
 
     def _expire_assignments(self) -> None:
         limit = int(self.config.assign_timeout_s * 1000)

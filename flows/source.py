@@ -24,7 +24,13 @@ from flows.decode import decode_values
 from hcp.kafka_admin import partition_counts
 from hcp.schemas import ASIC_FIELDS, DLQ_SCHEMA, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, Field
 
-__all__ = ["KafkaBatchSource", "SourceBatch", "shutdown_requested"]
+__all__ = [
+    "KafkaBatchSource",
+    "SourceBatch",
+    "request_shutdown",
+    "reset_shutdown",
+    "shutdown_requested",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,11 @@ def shutdown_requested() -> bool:
 
 def request_shutdown() -> None:
     _SHUTDOWN["requested"] = True
+
+
+def reset_shutdown() -> None:
+    """Forget an earlier shutdown request: for a process that runs the flow again (tests)."""
+    _SHUTDOWN["requested"] = False
 
 
 KIND_FIELDS: dict[str, tuple[Field, ...]] = {

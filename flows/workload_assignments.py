@@ -74,10 +74,17 @@ def decode_assignment(raw: bytes) -> dict[str, Any]:
     return msg
 
 
-def apply_assignment(fleet: Any, msg: dict[str, Any]) -> None:
-    """Turn one message into calls on ``fleet``."""
+def apply_assignment(fleet: Any, msg: dict[str, Any], now_ms: int | None = None) -> None:
+    """Turn one message into calls on ``fleet``.
+
+    An ``assign`` runs for ``est_duration_s`` from ``ts``, or from ``now_ms`` (the fleet's
+    own clock) when the message arrives later than that: the router decides in event time,
+    a little behind the newest telemetry, and work that "ended" before it reached the GPU
+    would never be seen running.
+    """
     if msg["action"] == "assign":
-        until = int(msg["ts"]) + int(msg["est_duration_s"]) * 1000
+        start = int(msg["ts"]) if now_ms is None else max(int(msg["ts"]), int(now_ms))
+        until = start + int(msg["est_duration_s"]) * 1000
         mem = msg.get("mem_gb")
         for gpu in msg["gpu_ids"]:
             if mem is None:
@@ -123,7 +130,14 @@ class AssignmentReader:
         self._consumer.assign([TopicPartition(topic, p, 0) for p in range(parts)])
         self.bad = 0
 
-    def poll(self, fleet: Any, timeout_s: float = 0.05, max_messages: int = 10_000) -> int:
+    def poll(
+        self,
+        fleet: Any,
+        timeout_s: float = 0.05,
+        max_messages: int = 10_000,
+        now_ms: int | None = None,
+    ) -> int:
+        """Apply what is there; ``now_ms`` is the fleet's clock (see :func:`apply_assignment`)."""
         applied = 0
         for record in self._consumer.consume(max_messages, timeout_s):
             err = record.error()
@@ -132,7 +146,7 @@ class AssignmentReader:
                     log.warning("assignment topic error: %s", err)
                 continue
             try:
-                apply_assignment(fleet, decode_assignment(record.value()))
+                apply_assignment(fleet, decode_assignment(record.value()), now_ms)
                 applied += 1
             except (ValueError, KeyError, TypeError) as exc:
                 self.bad += 1

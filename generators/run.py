@@ -79,7 +79,8 @@ def _follow(
     reader = AssignmentReader(bootstrap, topics.assignments)
 
     def hook(sim: Simulation, second: int) -> None:
-        reader.poll(sim.gpu, timeout_s=0)
+        # Work runs for its full duration from when this simulated second sees it.
+        reader.poll(sim.gpu, timeout_s=0, now_ms=sim.config.start_ms + second * 1000)
         if then is not None:
             then(sim, second)
 

@@ -47,6 +47,16 @@ def test_apply_drives_the_generators_gpu_fleet() -> None:
     assert fleet.workload[0] != "w1" and fleet.until_ms[0] == 0
 
 
+def test_a_late_assignment_runs_its_whole_duration_from_the_fleet_clock() -> None:
+    fleet = SimFleet(2)
+    # The router decided at T0; the fleet gets the message 30 s later (the router's lag).
+    apply_assignment(fleet, msg("assign", "w1", ["gpu-00000"], dur=10), now_ms=T0 + 30_000)
+    assert fleet.until[0] == T0 + 40_000
+    assert fleet.status(T0 + 35_000)["workload_id"][0] == "w1"  # seen running, not skipped
+    apply_assignment(fleet, msg("assign", "w2", ["gpu-00001"], dur=10), now_ms=T0 - 5_000)
+    assert fleet.until[1] == T0 + 10_000  # never earlier than the message's own ts
+
+
 def test_fleet_without_release_gets_assign_none() -> None:
     calls = []
 

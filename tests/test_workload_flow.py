@@ -95,9 +95,10 @@ def test_branch_honours_power_down_recommendations() -> None:
     work = SourceBatch("workloads", "w", 0, req, empty, 2)
     recs = ("recs", pl.DataFrame({"device_id": ["gpu-00000"], "device_type": ["gpu"],
                                   "action": ["power_down"], "window_end": [T0]}))
-    # One input keeps the order: the recommendation arrives before the GPU first reports.
+    # The recommendation arrives last, but its window ended at T0: it applies from the first
+    # tick, before any routing round, because with recs the router waits for the fleet.
     flow2 = Dataflow("router_branch_test")
-    merged = op.input("all", flow2, TestingSource([recs, gpu, work]))
+    merged = op.input("all", flow2, TestingSource([gpu, work, recs]))
     b = op.filter("batches_only", merged, lambda x: isinstance(x, SourceBatch))
     r = op.filter("recs_only", merged, lambda x: isinstance(x, tuple))
     out2: list = []
