@@ -149,15 +149,21 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         msgs = self._consumer.consume(self._batch_size, 0)
         eof = False
         if msgs:
-            # The end-of-partition event of a one-partition consumer comes last, so the
-            # batch is never scanned for it; any other error event decodes as a null
-            # value and is sorted out with the bad messages, off the hot path.
+            # A one-partition consumer's end-of-partition event comes last, so a full
+            # batch is never scanned for it. One inside a batch (the partition was caught
+            # up, then more arrived) fails decoding and is dropped with the bad messages.
             last = msgs[-1].error()
             if last is not None and last.code() == KafkaError._PARTITION_EOF:
                 eof = True
                 msgs = msgs[:-1]
             elif last is not None:
                 msgs = self._without_errors(msgs)
+        values = [m.value() for m in msgs]
+        if None in values:
+            # An error or end-of-partition event inside the batch (or a tombstone): take the
+            # events out, once, for this batch only.
+            msgs = self._without_errors(msgs)
+            values = [m.value() for m in msgs]
         now = time.monotonic()
         if not msgs:
             self._next_awake = datetime.now(UTC) + timedelta(milliseconds=20)
@@ -176,7 +182,6 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         self._last_emit = now
         self._idle = False
         started = time.perf_counter()
-        values = [m.value() for m in msgs]
         decoded = decode_values(values, self._fields)
         dlq = None
         if decoded.bad_index:
@@ -189,7 +194,7 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         return [self._batch(decoded.rows, dlq, eof=eof and self._once)]
 
     def _without_errors(self, msgs: list) -> list:
-        """Drop error events (rare: a batch that ends in one is scanned whole)."""
+        """Drop error and end-of-partition events; only batches that carry one pay for it."""
         kept = []
         for m in msgs:
             err = m.error()
@@ -208,10 +213,11 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         for i, reason in zip(bad_index, bad_reason, strict=True):
             err = msgs[i].error()
             if err is not None:
-                # A broker or client error event, not a message: nothing to dead-letter.
-                # librdkafka retries on its own; log it so an outage is visible.
-                log.warning("Kafka error on %s#%d: %s", self._topic, self._partition, err)
-                metrics.SOURCE_ERRORS.labels(self._topic).inc()
+                # An event, not a message: nothing to dead-letter. librdkafka retries
+                # broker errors on its own; log them so an outage is visible.
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("Kafka error on %s#%d: %s", self._topic, self._partition, err)
+                    metrics.SOURCE_ERRORS.labels(self._topic).inc()
                 continue
             rows["topic"].append(self._topic)
             rows["partition"].append(self._partition)
