@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from bytewax.recovery import init_db_dir
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 # Bump when the pickled shard or fleet state changes shape.
 RECOVERY_FORMAT = 1
 MANIFEST = "hcp-recovery.json"
+INITIALISING = ".hcp-initialising"
 
 
 def _identity(settings: JobSettings, partitions: dict[str, int]) -> dict[str, object]:
@@ -43,7 +45,15 @@ def prepare_recovery_dir(
     assert settings.recovery_dir is not None
     root = settings.recovery_dir
     manifest = root / MANIFEST
+    marker = root / INITIALISING
     want = _identity(settings, partitions)
+    if marker.exists():
+        # A start died while creating the partitions; nothing has run on them, so redo it.
+        log.warning("redoing the interrupted creation of recovery directory %s", root)
+        for path in root.iterdir():
+            if path.name.startswith(("part-", MANIFEST)):
+                path.unlink()
+        marker.unlink()
     if manifest.exists():
         have = json.loads(manifest.read_text())
         if have != want:
@@ -54,12 +64,32 @@ def prepare_recovery_dir(
             )
             raise RecoveryStateError(msg)
         log.info("resuming from recovery directory %s", root)
+        _check_worker_count(root, settings.workers)
         return root
     if root.exists() and any(root.iterdir()):
         msg = f"{root} is not empty and has no {MANIFEST}; give an empty or new --recovery-dir"
         raise RecoveryStateError(msg)
     root.mkdir(parents=True, exist_ok=True)
+    # Crash-safe creation: the marker says "unfinished" until the manifest is in place,
+    # and the manifest appears whole (rename) or not at all.
+    marker.touch()
     init_db_dir(root, recovery_partitions)
-    manifest.write_text(json.dumps(want, indent=2, sort_keys=True))
+    tmp = root / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(want, indent=2, sort_keys=True))
+    os.replace(tmp, manifest)
+    marker.unlink()
     log.info("created %d recovery partitions in %s", recovery_partitions, root)
+    _check_worker_count(root, settings.workers)
     return root
+
+
+def _check_worker_count(root: Path, workers: int) -> None:
+    # Bytewax itself accepts fewer partitions than workers (3 workers over 2 partitions
+    # resume correctly here), but its guidance is at least one per worker: warn, not fail.
+    parts = len(list(root.glob("part-*.sqlite3")))
+    if parts < workers:
+        log.warning(
+            "%s has %d recovery partitions for %d workers in this process; make a new "
+            "--recovery-dir with --recovery-partitions >= the most workers you will run",
+            root, parts, workers,
+        )

@@ -22,7 +22,7 @@ from flows import kernels as k
 from flows import metrics
 from flows.prices import DEFAULT_BLOCK_REWARD, PriceBook, price_rows
 from flows.registry import DeviceRegistry
-from flows.source import SourceBatch
+from flows.source import SourceBatch, shutdown_requested
 from hcp.schemas import ASIC_STATES, GPU_STATES
 
 __all__ = ["NEG_INF", "POS_INF", "ShardConfig", "ShardLogic", "ShardState"]
@@ -116,7 +116,10 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple], bool]:
-        if self.s is None or not self.cfg.flush_on_eof:
+        # A SIGTERM ends the input early: closing every window then would emit partial
+        # windows and snapshot a state that counts all later input as late. Asked here, not
+        # when the logic was built, because the signal can come at any time in between.
+        if self.s is None or not self.cfg.flush_on_eof or shutdown_requested():
             return [], StatefulBatchLogic.RETAIN
         return self._close_ready(POS_INF), StatefulBatchLogic.RETAIN
 
