@@ -79,6 +79,12 @@ def test_bench_command_writes_every_result_key_and_a_chart(bootstrap: str, tmp_p
     assert set(RESULT_KEYS) <= set(data)
     assert data["events"] == sum(data["per_topic"].values()) >= 3000
     assert data["limit_events_per_s"] > 0
+    # HCP and the per-event baseline both ran over the topics and decided the same.
+    assert data["hcp_events_per_s"] > 0
+    assert data["baseline_events_per_s"] > 0
+    assert data["hcp_peak_rss_mb"] > 50
+    assert data["hcp_recommendations"] == 1050  # one window: every device once
+    assert data["same_recommendations"] is True
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -56,8 +56,17 @@ class BenchResults:
     same_recommendations: bool | None = None
     # Context for reading the numbers later.
     limit_seconds: float | None = None
-    hcp_seconds: float | None = None
+    hcp_seconds: float | None = None  # the child process, start-up included
+    hcp_job_seconds: float | None = None  # the dataflow alone (its "job finished" log line)
     baseline_seconds: float | None = None
+    baseline_peak_rss_mb: float | None = None
+    hcp_recommendations: int | None = None
+    baseline_stats: dict[str, Any] = field(default_factory=dict)
+    # Latency: the headline p50/p99 above are those of this rate (the fastest sustained).
+    latency_rate_events_per_s: float | None = None
+    latency_p50_minus_lateness_s: float | None = None
+    latency_p99_minus_lateness_s: float | None = None
+    latency: list[dict[str, Any]] = field(default_factory=list)
     limit_decoder: str | None = None
     limit_runs_events_per_s: list[float] = field(default_factory=list)
     fill_seconds: float | None = None
@@ -114,6 +123,10 @@ def _fmt_rate(v: float | None) -> str:
     return "not run" if v is None else f"{v:,.0f}"
 
 
+def _minus(v: float | None) -> str:
+    return "" if v is None else f"  ({v:.3f} minus the lateness)"
+
+
 def format_table(results: BenchResults) -> str:
     """The plain-text summary ``hcp bench`` prints."""
     rows = [
@@ -134,18 +147,39 @@ def format_table(results: BenchResults) -> str:
             "n/a" if results.hcp_peak_rss_mb is None else f"{results.hcp_peak_rss_mb:,.0f}",
         ),
         (
+            "baseline peak RSS MB",
+            "n/a"
+            if results.baseline_peak_rss_mb is None
+            else f"{results.baseline_peak_rss_mb:,.0f}",
+        ),
+        (
+            "latency rate events/s",
+            _fmt_rate(results.latency_rate_events_per_s),
+        ),
+        (
             "latency p50 s",
-            "n/a" if results.latency_p50_s is None else f"{results.latency_p50_s:.3f}",
+            "n/a" if results.latency_p50_s is None else f"{results.latency_p50_s:.3f}"
+            + _minus(results.latency_p50_minus_lateness_s),
         ),
         (
             "latency p99 s",
-            "n/a" if results.latency_p99_s is None else f"{results.latency_p99_s:.3f}",
+            "n/a" if results.latency_p99_s is None else f"{results.latency_p99_s:.3f}"
+            + _minus(results.latency_p99_minus_lateness_s),
         ),
         (
             "same recommendations",
             "n/a" if results.same_recommendations is None else str(results.same_recommendations),
         ),
     ]
+    for lat in results.latency:
+        rows.append((
+            f"  latency @ {lat['events_per_s']:,.0f}/s",
+            f"p50 {lat['p50_s']} s, p99 {lat['p99_s']} s, max {lat['max_s']} s "
+            f"(minus lateness: p50 {lat['p50_minus_lateness_s']}, "
+            f"p99 {lat['p99_minus_lateness_s']}); {lat['windows']}/{lat.get('windows_expected')} "
+            f"windows; generator kept up: {lat['generator_kept_up']}, "
+            f"job kept up: {lat.get('job_kept_up')}",
+        ))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
@@ -160,7 +194,13 @@ def write_chart(results: BenchResults, path: Path) -> None:
     names = ["limit\n(read + decode)", "HCP", "baseline\n(per-event Bytewax)"]
     values = [results.limit_events_per_s, results.hcp_events_per_s, results.baseline_events_per_s]
     colors = ["#9e9e9e", "#1f77b4", "#ff7f0e"]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    lat = [r for r in results.latency if r.get("p99_s") is not None]
+    if lat:
+        fig, (ax, lax) = plt.subplots(
+            1, 2, figsize=(10.5, 4.2), dpi=100, gridspec_kw={"width_ratios": [3, 2]}
+        )
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     bars = ax.bar(names, [v or 0 for v in values], color=colors)
     for bar, v in zip(bars, values, strict=True):
         label = "not run" if v is None else f"{v / 1000:,.0f}k/s"
@@ -177,14 +217,36 @@ def write_chart(results: BenchResults, path: Path) -> None:
         ratios.append(f"HCP/limit = {results.hcp_over_limit:.2f}")
     if results.hcp_over_baseline is not None:
         ratios.append(f"HCP/baseline = {results.hcp_over_baseline:.1f}x")
+    if results.hcp_peak_rss_mb is not None:
+        ratios.append(f"HCP peak RSS {results.hcp_peak_rss_mb:,.0f} MB")
     title = f"Events/s over {results.events:,} events"
     if ratios:
         title += "\n" + ",  ".join(ratios)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.set_ylabel("events per second")
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _p: f"{v / 1000:,.0f}k"))
     ax.set_ylim(0, max([v or 0 for v in values] + [1]) * 1.18)
     ax.spines[["top", "right"]].set_visible(False)
+    if lat:
+        x = [f"{r['events_per_s'] / 1000:,.0f}k/s"
+             + ("" if r["generator_kept_up"] and r.get("job_kept_up", True) else "*")
+             for r in lat]
+        pos = range(len(lat))
+        width = 0.38
+        lax.bar([i - width / 2 for i in pos], [r["p50_s"] for r in lat], width, label="p50",
+                color="#8fb9dc")
+        lax.bar([i + width / 2 for i in pos], [r["p99_s"] for r in lat], width, label="p99",
+                color="#1f77b4")
+        lateness = lat[0]["lateness_s"]
+        lax.axhline(lateness, color="#555555", linestyle=":", linewidth=1,
+                    label=f"allowed lateness {lateness:g} s")
+        lax.set_xticks(list(pos), x)
+        lax.set_ylabel("seconds")
+        lax.set_title("Window end to readable in Redis\n(real-time rate; * = fell behind)",
+                      fontsize=10)
+        lax.legend(frameon=False, fontsize=8, loc="upper left")
+        lax.set_ylim(0, max([r["p99_s"] for r in lat] + [lateness]) * 1.25)
+        lax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -259,11 +321,17 @@ def _descendants(pid: int) -> list[int]:
 
 
 def run_measured(
-    cmd: list[str], env: dict[str, str] | None = None, timeout_s: float | None = None
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+    stderr: Any = None,
 ) -> tuple[int, float, float]:
-    """Run ``cmd`` to completion; return (exit code, wall seconds, peak RSS MB of its tree)."""
+    """Run ``cmd`` to completion; return (exit code, wall seconds, peak RSS MB of its tree).
+
+    ``stderr`` is passed to :class:`subprocess.Popen` (e.g. an open file to keep the log).
+    """
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, stderr=stderr)
     with PeakRssSampler(proc.pid) as sampler:
         try:
             code = proc.wait(timeout=timeout_s)
