@@ -125,10 +125,15 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         self._done = False
         self._idle = False
         self._last_data = time.monotonic()
+        # Silence only means "idle" while the broker answers: during an outage every input
+        # is silent, and whichever came back first would close the others' windows.
+        self._broker_up = True
+        self._up_since = self._last_data
         self._last_emit = 0.0
         self._next_awake: datetime | None = None
         conf = consumer_config(bootstrap)
         conf["stats_cb"] = self._on_stats
+        conf["error_cb"] = self._on_error
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, partition, self._offset)])
 
@@ -139,9 +144,26 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
             ]
         except (KeyError, ValueError):
             return
+        self._set_broker_up(
+            any(
+                b.get("state") == "UP"
+                for b in json.loads(stats_json).get("brokers", {}).values()
+                if b.get("nodeid", -1) >= 0
+            )
+        )
         lag = stats.get("consumer_lag", -1)
         if lag >= 0:
             metrics.CONSUMER_LAG.labels(self._topic, str(self._partition)).set(lag)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self._set_broker_up(False)
+        log.warning("Kafka client error on %s#%d: %s", self._topic, self._partition, err)
+
+    def _set_broker_up(self, up: bool) -> None:
+        if up and not self._broker_up:
+            self._up_since = time.monotonic()
+        self._broker_up = up
 
     def next_batch(self) -> list[SourceBatch]:
         if self._done or shutdown_requested():
@@ -167,7 +189,12 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         now = time.monotonic()
         if not msgs:
             self._next_awake = datetime.now(UTC) + timedelta(milliseconds=20)
-            idle = self._idle_timeout_s > 0 and now - self._last_data >= self._idle_timeout_s
+            quiet_since = max(self._last_data, self._up_since)
+            idle = (
+                self._idle_timeout_s > 0
+                and self._broker_up
+                and now - quiet_since >= self._idle_timeout_s
+            )
             changed = idle != self._idle
             self._idle = idle
             if self._once and eof:

@@ -210,6 +210,13 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
                 self._config.dsn,
                 autocommit=True,
                 connect_timeout=self._config.connect_timeout_s,
+                # A link that drops packets without a reset must fail, not hang for ever:
+                # then the batch is retried like any other outage.
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+                tcp_user_timeout=30_000,
             )
             self._writer = PgWriter(
                 self._conn, copy_format=self._config.copy_format, before_commit=self._hook

@@ -241,10 +241,12 @@ def test_broker_cut_mid_run_is_survived_and_output_is_complete(
 
             send(halves[0])
             args = job_args(boot, topics, redis_url, prefixes[0], dsns[0], batch_size=BATCH)
-            # --idle-timeout-s stays 0 (off): with it, a cut longer than the timeout makes
-            # every input idle, and whichever partition comes back first closes windows
-            # that the others' backlog then reaches late (reported, docs/recovery.md).
+            # A 2 s idle timeout, far shorter than the cut: inputs must not count as idle
+            # while the broker is away, or whichever partition came back first would close
+            # windows that the others' backlog then reaches late.
             args = [a for a in args if a != "--once"] + ["--metrics-port", str(port)]
+            at = args.index("--idle-timeout-s")
+            args[at + 1] = "2"
             job = Job(args, tmp_path / "broker-job.log").start()
             stream = f"{prefixes[0]}recommendations"
             _wait(lambda: _stream_len(redis_url, stream) > 0, job)
