@@ -12,6 +12,7 @@ contract order, checked as missing, then wrong type, then out of range.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -65,7 +66,7 @@ def _fast_path(values: list[bytes | None], fields: tuple[Field, ...]) -> DecodeR
         return None
     if df.height != n:
         return None
-    reason = _reason_expr(fields)
+    reason = _cached_reason_expr(fields)
     checked = df.with_columns(reason.alias("_reason"), pl.int_range(pl.len()).alias("_i"))
     if checked["_reason"].null_count() == n:
         return DecodeResult(df, [], [])
@@ -77,6 +78,11 @@ def _fast_path(values: list[bytes | None], fields: tuple[Field, ...]) -> DecodeR
         bad["_reason"].to_list(),
         good["_i"],
     )
+
+
+@functools.cache
+def _cached_reason_expr(fields: tuple[Field, ...]) -> pl.Expr:
+    return _reason_expr(fields)
 
 
 def _reason_expr(fields: tuple[Field, ...]) -> pl.Expr:

@@ -56,6 +56,7 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
         batch_size=settings.batch_size,
         once=settings.once,
         idle_timeout_s=settings.idle_timeout_s,
+        linger_s=settings.linger_s,
     )
     parts = source.partitions
     n_shards = max(parts[topics.gpu], parts[topics.asic])

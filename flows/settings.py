@@ -37,6 +37,7 @@ class JobSettings:
     hysteresis: float = 0.05
     dwell_s: float = 600.0
     batch_size: int = 50_000
+    linger_s: float = 0.1
     stream_maxlen: int = 1_000_000
     once: bool = False
     store_raw: bool = True
@@ -177,6 +178,14 @@ def add_job_args(parser: argparse.ArgumentParser) -> None:
         default=50_000,
         type=positive_int,
         help="most messages taken from one partition per fetch",
+    )
+    env_arg(
+        r,
+        "--linger-s",
+        env="HCP_LINGER_S",
+        default=0.1,
+        type=non_negative_float,
+        help="longest a partition gathers live messages before handing them on as one batch",
     )
     env_arg(
         r,

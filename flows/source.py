@@ -113,6 +113,7 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         batch_size: int,
         once: bool,
         idle_timeout_s: float,
+        linger_s: float = 0.1,
     ) -> None:
         self._kind = kind
         self._topic = topic
@@ -131,6 +132,9 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         self._up_since = self._last_data
         self._last_emit = 0.0
         self._next_awake: datetime | None = None
+        self._linger_s = linger_s
+        self._pending: list = []
+        self._pending_since = 0.0
         conf = consumer_config(bootstrap)
         conf["stats_cb"] = self._on_stats
         conf["error_cb"] = self._on_error
@@ -168,7 +172,7 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
     def next_batch(self) -> list[SourceBatch]:
         if self._done or shutdown_requested():
             raise StopIteration
-        msgs = self._consumer.consume(self._batch_size, 0)
+        msgs = self._consumer.consume(self._batch_size - len(self._pending), 0)
         eof = False
         if msgs:
             # A one-partition consumer's end-of-partition event comes last, so a full
@@ -180,14 +184,20 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
                 msgs = msgs[:-1]
             elif last is not None:
                 msgs = self._without_errors(msgs)
-        values = [m.value() for m in msgs]
-        if None in values:
-            # An error or end-of-partition event inside the batch (or a tombstone): take the
-            # events out, once, for this batch only.
-            msgs = self._without_errors(msgs)
-            values = [m.value() for m in msgs]
         now = time.monotonic()
-        if not msgs:
+        if msgs:
+            if not self._pending:
+                self._pending_since = now
+            self._pending.extend(msgs)
+            self._last_data = now
+            self._idle = False
+        if self._pending and not self._ready(now, eof):
+            # Live traffic arrives a few messages per poll; gather them for up to
+            # `linger_s` so that per-batch costs stay spread over many events.
+            wait = self._pending_since + self._linger_s - now
+            self._next_awake = datetime.now(UTC) + timedelta(seconds=max(wait, 0.005))
+            return []
+        if not self._pending:
             self._next_awake = datetime.now(UTC) + timedelta(milliseconds=20)
             quiet_since = max(self._last_data, self._up_since)
             idle = (
@@ -204,11 +214,18 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
                 self._last_emit = now
                 return [self._batch(pl.DataFrame(schema=_schema(self._fields)), None)]
             return []
+        msgs, self._pending = self._pending, []
         self._next_awake = None
-        self._last_data = now
         self._last_emit = now
-        self._idle = False
         started = time.perf_counter()
+        values = [m.value() for m in msgs]
+        if None in values:
+            # An error or end-of-partition event inside the batch (or a tombstone): take the
+            # events out, once, for this batch only.
+            msgs = self._without_errors(msgs)
+            values = [m.value() for m in msgs]
+        if not msgs:
+            return []
         decoded = decode_values(values, self._fields)
         dlq = None
         if decoded.bad_index:
@@ -216,9 +233,16 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         self._offset = msgs[-1].offset() + 1
         metrics.EVENTS_IN.labels(self._topic).inc(len(msgs))
         metrics.DECODE_SECONDS.labels(self._kind).observe(time.perf_counter() - started)
-        if self._once and eof:
+        finished = self._once and eof
+        if finished:
             self._done = True
-        return [self._batch(decoded.rows, dlq, eof=eof and self._once)]
+        return [self._batch(decoded.rows, dlq, eof=finished)]
+
+    def _ready(self, now: float, eof: bool) -> bool:
+        """Whether the gathered messages go out now."""
+        if len(self._pending) >= self._batch_size // 10 or (self._once and eof):
+            return True
+        return now - self._pending_since >= self._linger_s
 
     def _without_errors(self, msgs: list) -> list:
         """Drop error and end-of-partition events; only batches that carry one pay for it."""
@@ -305,12 +329,14 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
         batch_size: int = 50_000,
         once: bool = False,
         idle_timeout_s: float = 30.0,
+        linger_s: float = 0.1,
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = topics  # kind -> topic name
         self._batch_size = batch_size
         self._once = once
         self._idle_timeout_s = idle_timeout_s
+        self._linger_s = linger_s
         self.partitions = partition_counts(bootstrap, list(topics.values()))
         missing = [t for t in topics.values() if t not in self.partitions]
         if missing:
@@ -338,4 +364,5 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
             self._batch_size,
             self._once,
             self._idle_timeout_s,
+            self._linger_s,
         )

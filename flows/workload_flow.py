@@ -189,6 +189,7 @@ def build_router_flow(settings: Any, config: RouterConfig | None = None) -> Data
         batch_size=settings.batch_size,
         once=settings.once,
         idle_timeout_s=settings.idle_timeout_s,
+        linger_s=settings.linger_s,
     )
     flow = Dataflow("hcp_workload_router")
     batches = op.input("kafka", flow, source)
