@@ -15,13 +15,11 @@ import math
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-import polars as pl
-
+from flows import decode
 from hcp.schemas import (
     ASIC_FIELDS,
     GPU_FIELDS,
     PRICE_FIELDS,
-    SCHEMA_VERSION,
     SITE_SCOPED_KINDS,
     Field,
 )
@@ -61,51 +59,15 @@ class BaselineConfig:
 # --- decoding and validation, one message at a time ------------------------------------
 
 
-def _type_ok(value: object, f: Field) -> bool:
-    if isinstance(value, bool):
-        return False
-    if f.dtype == pl.String:
-        return isinstance(value, str | int | float)
-    if f.dtype == pl.Int64:
-        return isinstance(value, int)
-    return isinstance(value, int | float)
-
-
 def check_message(kind: str, raw: bytes | None) -> tuple[dict | None, str | None]:
-    """``(message, None)`` for a valid message of topic ``kind``, else ``(None, reason)``."""
-    if raw is None:
-        return None, "null_value"
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return None, "not_json"
-    if not isinstance(obj, dict):
-        return None, "not_object"
-    for f in FIELDS[kind]:
-        value = obj.get(f.name)
-        if value is None:
-            if f.nullable:
-                continue
-            return None, f"missing_field:{f.name}"
-        if not _type_ok(value, f):
-            return None, f"wrong_type:{f.name}"
-        if f.name == "v":
-            if value != SCHEMA_VERSION:
-                return None, "unsupported_version"
-            continue
-        if f.values is not None and str(value) not in f.values:
-            return None, f"out_of_range:{f.name}"
-        if isinstance(value, float) and not math.isfinite(value):
-            return None, f"out_of_range:{f.name}"
-        if not isinstance(value, str) and (
-            (f.lo is not None and value < f.lo) or (f.hi is not None and value > f.hi)
-        ):
-            return None, f"out_of_range:{f.name}"
-    if kind == "prices":
-        if obj["kind"] in SITE_SCOPED_KINDS and obj.get("site") is None:
-            return None, "missing_field:site"
-        if obj["kind"] == "gpu_spot_usd_hr" and obj.get("model") is None:
-            return None, "missing_field:model"
+    """``(message, None)`` for a valid message of topic ``kind``, else ``(None, reason)``.
+
+    The same strict rules as HCP's decoder applies to a batch it cannot vouch for.
+    """
+    obj, reason = decode.check_message(raw, FIELDS[kind])
+    if reason is not None:
+        return None, reason
+    assert isinstance(obj, dict)
     for name in ("gpu_id", "asic_id", "site", "model"):
         if name in obj and not isinstance(obj[name], str):
             obj[name] = json.dumps(obj[name])  # numbers given for strings: their JSON text

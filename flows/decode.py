@@ -22,7 +22,7 @@ import polars as pl
 
 from hcp.schemas import SCHEMA_VERSION, SITE_SCOPED_KINDS, Field, polars_schema
 
-__all__ = ["MAX_VALUE_BYTES", "DecodeResult", "decode_values"]
+__all__ = ["MAX_VALUE_BYTES", "DecodeResult", "check_message", "decode_values"]
 
 # Larger values are dead-lettered as `oversized`: a telemetry message is ~250 bytes.
 MAX_VALUE_BYTES = 64 * 1024
@@ -148,7 +148,7 @@ def _slow_path(values: list[bytes | None], fields: tuple[Field, ...]) -> DecodeR
     bad_index: list[int] = []
     bad_reason: list[str] = []
     for i, raw in enumerate(values):
-        obj, reason = _check_one(raw, fields)
+        obj, reason = check_message(raw, fields)
         if reason is None:
             good.append(obj)  # type: ignore[arg-type]
             good_index.append(i)
@@ -163,7 +163,8 @@ def _slow_path(values: list[bytes | None], fields: tuple[Field, ...]) -> DecodeR
     return DecodeResult(rows, bad_index, bad_reason, pl.Series("_i", good_index, pl.Int64))
 
 
-def _check_one(raw: bytes | None, fields: tuple[Field, ...]) -> tuple[object, str | None]:
+def check_message(raw: bytes | None, fields: tuple[Field, ...]) -> tuple[object, str | None]:
+    """One message, strictly: ``(parsed object, None)`` or ``(None, reason)``."""
     if raw is None:
         return None, "null_value"
     if len(raw) > MAX_VALUE_BYTES:
