@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from generators.keys import gpu_ids
+from generators.keys import gpu_ids, static_frame
 
 __all__ = ["BUSY", "DOWN", "IDLE", "GpuFleet", "GpuParams"]
 
@@ -197,13 +197,7 @@ class GpuFleet:
 
     def static_frame(self, sites: list[str]) -> pl.DataFrame:
         """Columns that never change: id, site, model (SPEC field order)."""
-        return pl.DataFrame(
-            {
-                "gpu_id": self.ids,
-                "site": pl.Series([sites[i] for i in self.site_index]),
-                "model": [self.params.model] * self.n,
-            }
-        )
+        return static_frame("gpu_id", self.ids, self.site_index, sites, self.params.model)
 
     def frame(
         self, static: pl.DataFrame, ts: np.ndarray, cols: dict[str, np.ndarray]

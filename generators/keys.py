@@ -10,8 +10,9 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import polars as pl
 
-__all__ = ["asic_ids", "gpu_ids", "partitions_for", "site_ids", "site_of"]
+__all__ = ["asic_ids", "gpu_ids", "partitions_for", "site_ids", "site_of", "static_frame"]
 
 
 def site_ids(sites: int) -> list[str]:
@@ -36,3 +37,16 @@ def partitions_for(keys: list[bytes], partitions: int) -> list[int]:
     """The partition of each key: ``crc32(key) % partitions``."""
     crc = zlib.crc32
     return [crc(k) % partitions for k in keys]
+
+
+def static_frame(
+    id_column: str, ids: list[str], site_index: np.ndarray, sites: list[str], model: str
+) -> pl.DataFrame:
+    """A fleet's columns that never change: id, site, model (SPEC field order)."""
+    return pl.DataFrame(
+        {
+            id_column: ids,
+            "site": pl.Series([sites[i] for i in site_index]),
+            "model": [model] * len(ids),
+        }
+    )
