@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-fault lint bench bench-quick services clean
+.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-quick: $(STAMP) services
 
 bench: $(STAMP) services
 	$(BIN)/hcp bench
+
+bench-gen: $(STAMP)
+	$(BIN)/python -m generators.bench --gpus 5000 --asics 300000 --duration 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
