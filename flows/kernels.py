@@ -143,6 +143,27 @@ def _score(revenue: float, cost: float) -> float:
 
 
 @njit(cache=True, nogil=True)
+def _put_figures(
+    out: np.ndarray,
+    i: int,
+    revenue: float,
+    cost: float,
+    e_rev: float,
+    e_cost: float,
+    power_w: float,
+) -> None:
+    """Row ``i`` of the figures both device types report (see ``asic_decisions``)."""
+    out[0, i] = revenue
+    out[1, i] = cost
+    out[2, i] = revenue - cost
+    out[3, i] = _score(revenue, cost)
+    out[4, i] = e_rev
+    out[5, i] = e_cost
+    out[6, i] = e_rev - e_cost
+    out[7, i] = power_w
+
+
+@njit(cache=True, nogil=True)
 def asic_decisions(
     mean_hash: np.ndarray,
     mean_power: np.ndarray,
@@ -185,14 +206,7 @@ def asic_decisions(
         e_rev = exp_hash[i] * usd_per_th_hr
         e_cost = exp_power[i] / 1e6 * elec
         e_net = e_rev - e_cost
-        out[0, i] = revenue
-        out[1, i] = cost
-        out[2, i] = revenue - cost
-        out[3, i] = _score(revenue, cost)
-        out[4, i] = e_rev
-        out[5, i] = e_cost
-        out[6, i] = e_net
-        out[7, i] = exp_power[i]
+        _put_figures(out, i, revenue, cost, e_rev, e_cost, exp_power[i])
         cur = action[i]
         if np.isnan(e_net):
             out_action[i] = cur
@@ -245,14 +259,7 @@ def gpu_decisions(
         e_rev = spot[i]
         e_cost = rented_power_w / 1e6 * electricity[i]
         e_net = e_rev - e_cost
-        out[0, i] = revenue
-        out[1, i] = cost
-        out[2, i] = revenue - cost
-        out[3, i] = _score(revenue, cost)
-        out[4, i] = e_rev
-        out[5, i] = e_cost
-        out[6, i] = e_net
-        out[7, i] = rented_power_w
+        _put_figures(out, i, revenue, cost, e_rev, e_cost, rented_power_w)
         state = last_state[i]
         if state == GPU_DOWN:
             out_action[i] = POWER_DOWN
