@@ -67,30 +67,26 @@ def env_flag(
     parser.add_argument(flag, action="store_true", default=default, help=f"{help} [env: {env}]")
 
 
-def positive_int(text: str) -> int:
-    """Parse an integer that must be at least 1."""
+def _int_at_least(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError as exc:
         msg = f"expected a whole number, got {text!r}"
         raise argparse.ArgumentTypeError(msg) from exc
-    if value < 1:
-        msg = f"expected a number >= 1, got {value}"
+    if value < lowest:
+        msg = f"expected a number >= {lowest}, got {value}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def positive_int(text: str) -> int:
+    """Parse an integer that must be at least 1."""
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """Parse an integer that must be at least 0."""
-    try:
-        value = int(text)
-    except ValueError as exc:
-        msg = f"expected a whole number, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from exc
-    if value < 0:
-        msg = f"expected a number >= 0, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+    return _int_at_least(text, 0)
 
 
 def non_negative_float(text: str) -> float:
