@@ -40,7 +40,7 @@ bench: $(STAMP) services
 	$(BIN)/hcp bench
 
 bench-gen: $(STAMP)
-	$(BIN)/python -m generators.bench --gpus 5000 --asics 300000 --duration 10
+	$(BIN)/python -m tools.bench.generation --gpus 5000 --asics 300000 --duration 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

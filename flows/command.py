@@ -11,7 +11,7 @@ from datetime import timedelta
 from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 
-from flows.profitability import build_flow
+from flows.dataflow import build_flow
 from flows.settings import JobSettings, add_job_args
 from flows.source import request_shutdown
 from hcp.kafka_admin import check_broker, partition_counts
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     settings = JobSettings.from_args(args)
     check_broker(settings.bootstrap)
     if not settings.no_pg:
-        from sinks.pg_schema import apply_migrations
+        from sinks.postgres.schema import apply_migrations
 
         apply_migrations(settings.pg)
     flow = build_flow(settings)

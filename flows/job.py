@@ -5,7 +5,7 @@ Use this entry point to scale out with Bytewax's own flags (``-w`` workers per p
 command-line flags and a single process.
 """
 
-from flows.profitability import build_flow
+from flows.dataflow import build_flow
 from flows.settings import JobSettings
 
 flow = build_flow(JobSettings.from_env())

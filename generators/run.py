@@ -74,7 +74,7 @@ def _follow(
     bootstrap: str, topics: Topics, then: Callable[[Simulation, int], None] | None
 ) -> Callable[[Simulation, int], None]:
     """An ``on_second`` hook that applies the router's assignments to the GPU fleet."""
-    from flows.workload_assignments import AssignmentReader
+    from hcp.assignments import AssignmentReader
 
     reader = AssignmentReader(bootstrap, topics.assignments)
 

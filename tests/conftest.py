@@ -14,8 +14,8 @@ import psycopg
 import pytest
 import redis
 
-from hcp.broker import EmbeddedBroker
 from hcp.topics import Topics
+from tools.broker import EmbeddedBroker
 
 REDIS_URL = os.environ.get("HCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PG_ADMIN_DSN = os.environ.get("HCP_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

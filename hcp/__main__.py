@@ -1,5 +1,0 @@
-import sys
-
-from hcp.cli import main
-
-sys.exit(main())

@@ -1,0 +1,276 @@
+"""The Bytewax sink that stores HCP history in PostgreSQL / TimescaleDB.
+
+``PostgresSink`` receives tagged items ``(tag, polars.DataFrame)`` and writes every item
+of one ``write_batch`` call in one transaction through :class:`~sinks.postgres.writer.PgWriter`
+(COPY into staging, upsert on the natural key).
+
+Delivery: at-least-once upstream plus idempotent upserts gives effectively-once rows. A
+database that is down or rejects the batch makes ``write_batch`` retry with capped
+exponential backoff *without returning*: Bytewax does not hand the worker more input
+while its sink blocks, so the job holds its input (backpressure) and never drops or
+half-writes a batch. An outage is logged once when it starts and once when it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import polars as pl
+import psycopg
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from hcp.errors import SinkUnavailableError
+from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
+from sinks.postgres.schema import apply_migrations, redact_dsn
+from sinks.postgres.writer import CopyFormat, PgWriter
+
+__all__ = [
+    "RAW_TAGS",
+    "SINK_ERRORS",
+    "SINK_OUTAGES",
+    "SINK_ROWS",
+    "SINK_WRITE_SECONDS",
+    "TAG_TABLES",
+    "InjectedFaultError",
+    "PgWriter",
+    "PostgresSink",
+]
+
+log = logging.getLogger(__name__)
+
+# Which table each tagged stream lands in. Tags not listed belong to other sinks.
+TAG_TABLES: dict[str, str] = {
+    "gpu_raw": "gpu_metrics",
+    "asic_raw": "asic_metrics",
+    "prices": "market_prices",
+    "windows": "device_windows",
+    "recs": "recommendations",
+    "workload_events": "workload_events",
+}
+# Raw telemetry is by far the largest stream; --no-raw style deployments skip it.
+RAW_TAGS = frozenset({"gpu_raw", "asic_raw"})
+
+
+class InjectedFaultError(RuntimeError):
+    """Raised by the ``fail_on_batch`` test hook before a batch commits."""
+
+
+@dataclass
+class _Outage:
+    started: float
+    retries: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class _Config:
+    dsn: str
+    store_raw: bool
+    store_prices: bool
+    migrate: bool
+    copy_format: CopyFormat
+    backoff_min_s: float
+    backoff_max_s: float
+    give_up_after_s: float | None
+    connect_timeout_s: int
+    before_commit: Callable[[int], None] | None = field(default=None)
+
+
+class PostgresSink(DynamicSink):
+    """Stores windows, recommendations, workload events, prices and raw rows.
+
+    Items are ``(tag, polars.DataFrame)`` with tag in :data:`TAG_TABLES`; other tags are
+    ignored, raw tags (:data:`RAW_TAGS`) too when ``store_raw`` is false. Frames carry
+    the columns of the ``hcp.schemas`` contract with times in epoch milliseconds.
+
+    Every worker writes its own batches (``DynamicSink``); each batch is one transaction
+    of idempotent upserts, so replays after a restart never duplicate rows. Failures are
+    retried forever by default (``give_up_after_s`` to raise instead). ``fail_on_batch=N``
+    makes the first commit attempt of the N-th non-empty batch raise, for fault tests;
+    ``before_commit(batch_number)`` is the general form of that hook.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        store_raw: bool = True,
+        *,
+        store_prices: bool = True,
+        migrate: bool = True,
+        copy_format: CopyFormat = "csv",
+        backoff_min_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        give_up_after_s: float | None = None,
+        connect_timeout_s: int = 5,
+        fail_on_batch: int | None = None,
+        before_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        if fail_on_batch is not None and before_commit is not None:
+            msg = "pass fail_on_batch or before_commit, not both"
+            raise ValueError(msg)
+        if fail_on_batch is not None:
+            before_commit = _fail_once_on(fail_on_batch)
+        self._config = _Config(
+            dsn=dsn,
+            store_raw=store_raw,
+            store_prices=store_prices,
+            migrate=migrate,
+            copy_format=copy_format,
+            backoff_min_s=backoff_min_s,
+            backoff_max_s=backoff_max_s,
+            give_up_after_s=give_up_after_s,
+            connect_timeout_s=connect_timeout_s,
+            before_commit=before_commit,
+        )
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _PostgresSinkPartition:
+        return _PostgresSinkPartition(self._config, f"{step_id}[{worker_index}]")
+
+
+def _fail_once_on(batch_number: int) -> Callable[[int], None]:
+    fired = False
+
+    def hook(batch: int) -> None:
+        nonlocal fired
+        if batch == batch_number and not fired:
+            fired = True
+            msg = f"injected failure before committing batch {batch}"
+            raise InjectedFaultError(msg)
+
+    return hook
+
+
+# Worth retrying: connection loss, a rejected batch, a schema not created yet. Anything
+# else (a frame without its key columns) is a bug that retrying cannot fix.
+_RETRYABLE = (psycopg.Error, OSError, LookupError, SinkUnavailableError, InjectedFaultError)
+
+
+class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
+    def __init__(self, config: _Config, name: str) -> None:
+        self._config = config
+        self._name = name
+        self._conn: psycopg.Connection | None = None
+        self._writer: PgWriter | None = None
+        self._migrated = not config.migrate
+        self._batches = 0  # non-empty write_batch calls, the hook's batch numbers
+        self._outage: _Outage | None = None
+
+    def _wanted(self, tag: str) -> bool:
+        if tag not in TAG_TABLES:
+            return False
+        if tag in RAW_TAGS:
+            return self._config.store_raw
+        if tag == "prices":
+            return self._config.store_prices
+        return True
+
+    def coalesce(self, items: Iterable[tuple[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:
+        """Group one call's items by table, in arrival order."""
+        grouped: dict[str, list[pl.DataFrame]] = {}
+        for tag, frame in items:
+            if self._wanted(tag) and frame.height:
+                grouped.setdefault(TAG_TABLES[tag], []).append(frame)
+        return {
+            table: frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+            for table, frames in grouped.items()
+        }
+
+    def write_batch(self, items: list[tuple[str, pl.DataFrame]]) -> None:
+        frames = self.coalesce(items)
+        if not frames:
+            return
+        self._batches += 1
+        backoff = self._config.backoff_min_s
+        started = time.perf_counter()  # retries included, as the shared metric states
+        while True:
+            try:
+                counts = self._attempt(frames)
+            except _RETRYABLE as exc:
+                self._drop_connection()
+                self._on_failure(exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self._config.backoff_max_s)
+                continue
+            SINK_WRITE_SECONDS.labels(sink="postgres").observe(time.perf_counter() - started)
+            for table, rows in counts.items():
+                SINK_ROWS.labels(sink="postgres", table=table).inc(rows)
+            self._on_success()
+            return
+
+    def _attempt(self, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
+        if not self._migrated:
+            apply_migrations(self._config.dsn)
+            self._migrated = True
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self._config.dsn,
+                autocommit=True,
+                connect_timeout=self._config.connect_timeout_s,
+                # A link that drops packets without a reset must fail, not hang for ever:
+                # then the batch is retried like any other outage.
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+                tcp_user_timeout=30_000,
+            )
+            self._writer = PgWriter(
+                self._conn, copy_format=self._config.copy_format, before_commit=self._hook
+            )
+        assert self._writer is not None
+        return self._writer.write(frames)
+
+    def _hook(self, _writer_batches: int) -> None:
+        # Number batches per write_batch call, not per attempt, so a retry of batch N is
+        # still batch N to the hook.
+        if self._config.before_commit is not None:
+            self._config.before_commit(self._batches)
+
+    def _on_failure(self, exc: BaseException) -> None:
+        SINK_ERRORS.labels(sink="postgres").inc()
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        now = time.monotonic()
+        if self._outage is None:
+            self._outage = _Outage(started=now)
+            SINK_OUTAGES.labels(sink="postgres").inc()
+            log.warning(
+                "postgres sink %s: write to %s failed (%s); holding the batch and retrying "
+                "with backoff up to %.1fs",
+                self._name,
+                redact_dsn(self._config.dsn),
+                reason,
+                self._config.backoff_max_s,
+            )
+        self._outage.retries += 1
+        self._outage.last_error = reason
+        limit = self._config.give_up_after_s
+        if limit is not None and now - self._outage.started > limit:
+            msg = (
+                f"PostgreSQL at {redact_dsn(self._config.dsn)} unavailable for "
+                f"{now - self._outage.started:.0f}s: {reason}"
+            )
+            raise SinkUnavailableError(msg) from exc
+
+    def _on_success(self) -> None:
+        if self._outage is not None:
+            log.info(
+                "postgres sink %s: recovered after %.1fs outage (%d failed attempts)",
+                self._name,
+                time.monotonic() - self._outage.started,
+                self._outage.retries,
+            )
+            self._outage = None
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+        self._writer = None
+
+    def close(self) -> None:
+        self._drop_connection()

@@ -1,0 +1,125 @@
+"""Writing market prices and workload state transitions to Redis.
+
+Both are small next to recommendations (tens to thousands of rows a second), so they go
+through redis-py pipelines and the scripts in :mod:`sinks.redis.layout`, which keep the
+newest value whatever order batches are replayed in.
+
+Workload stream ids are ``{ts}-{seq}``. Events older than the stream's last id are a
+replay and add no entry. Events in the same millisecond as the last id are compared with
+the entries already there by (workload, from, to), so a replay adds nothing and a
+millisecond split across two batches still gets all its entries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import polars as pl
+import redis
+
+from sinks.redis.layout import RedisKeys, stream_last_id
+
+__all__ = ["WORKLOAD_STREAM_FIELDS", "write_prices", "write_workload_events"]
+
+log = logging.getLogger(__name__)
+
+_EVENTS_PER_SCRIPT = 2_000
+WORKLOAD_STREAM_FIELDS = (
+    "workload_id", "ts", "from_state", "to_state", "priority", "gpus", "site", "reason"
+)
+
+
+def write_prices(client: redis.Redis, keys: RedisKeys, df: pl.DataFrame, prices_sha: str) -> int:
+    """Keep the newest value per price key; returns how many keys changed."""
+    if df.height == 0:
+        return 0
+    latest = (
+        df.filter(pl.col("key").is_not_null() & pl.col("ts").is_not_null())
+        .sort("ts", maintain_order=True)
+        .group_by("key", maintain_order=True)
+        .last()
+        .select(
+            pl.col("key"),
+            pl.col("ts").cast(pl.String),
+            pl.col("value").cast(pl.String).fill_null(""),
+        )
+    )
+    args = [v for row in latest.rows() for v in row]
+    if not args:
+        return 0
+    return int(client.evalsha(prices_sha, 1, keys.prices, *args))
+
+
+def write_workload_events(
+    client: redis.Redis,
+    keys: RedisKeys,
+    df: pl.DataFrame,
+    workload_sha: str,
+    stream_maxlen: int,
+) -> int:
+    """Append new transitions and update workload hashes; returns stream entries added.
+
+    An event already in the stream is a replay and changes nothing (its hash update was
+    applied with it). A new event gets its entry, then its hash update, in one pipeline in
+    that order, so a crash between them is repaired by the replay that follows.
+    """
+    if df.height == 0:
+        return 0
+    # A stable sort keeps same-millisecond transitions (submitted, queued, assigned ...)
+    # in the order the router produced them.
+    rows = (
+        df.sort("ts", maintain_order=True)
+        .select(
+            pl.col("workload_id"),
+            pl.col("ts").cast(pl.String).alias("ts_text"),
+            *(
+                pl.col(c).cast(pl.String).fill_null("")
+                for c in ("from_state", "to_state", "priority", "gpus", "site", "reason")
+            ),
+            pl.col("ts"),
+        )
+        .rows()
+    )
+    stream = keys.workloads_stream
+    last_ms, last_seq = stream_last_id(client, stream)
+    present = _entries_at(client, stream, last_ms, last_seq) if any(
+        r[8] == last_ms for r in rows) else set()
+    pipe = client.pipeline(transaction=False)
+    hash_keys: list[str] = []
+    args: list[str] = []
+    next_seq: dict[int, int] = {last_ms: last_seq + 1}
+    added = 0
+    for r in rows:
+        ts = r[8]
+        if ts == last_ms and (r[0], r[2], r[3]) in present:
+            continue  # replayed
+        if ts < last_ms:
+            mode = "late"  # older than the stream: no entry possible, state only if newer
+        else:
+            mode = "new"
+            seq = next_seq.get(ts, 0)
+            next_seq[ts] = seq + 1
+            fields = dict(zip(WORKLOAD_STREAM_FIELDS, r[:8], strict=True))
+            pipe.xadd(stream, fields, id=f"{ts}-{seq}", maxlen=stream_maxlen, approximate=True)
+            added += 1
+        hash_keys.append(keys.workload + r[0])
+        args.extend((*r[:8], mode))
+    # Scripts of bounded size, in event order, after the entries in the same pipeline.
+    for i in range(0, len(hash_keys), _EVENTS_PER_SCRIPT):
+        part = hash_keys[i : i + _EVENTS_PER_SCRIPT]
+        pipe.evalsha(workload_sha, len(part), *part, *args[i * 9 : (i + len(part)) * 9])
+    if hash_keys:
+        pipe.execute()
+    skipped = len(rows) - len(hash_keys)
+    if skipped:
+        log.debug("skipped %d workload transitions already in %s", skipped, stream)
+    return added
+
+
+def _entries_at(client: redis.Redis, stream: str, ms: int, last_seq: int) -> set[tuple]:
+    """(workload, from, to) of the entries in one millisecond of the stream."""
+    present: set[tuple] = set()
+    for _id, fields in client.xrange(stream, f"{ms}-0", f"{ms}-{last_seq}"):
+        present.add(tuple(fields.get(f, b"").decode()
+                          for f in (b"workload_id", b"from_state", b"to_state")))
+    return present

@@ -1,0 +1,195 @@
+"""The Redis sink of the profitability flow (SPEC section 4).
+
+:class:`RedisWriter` writes tagged batches ``(tag, polars.DataFrame)``:
+
+- ``"recs"``: REC_SCHEMA rows of whole windows -> ``rec:{device}`` hashes, the
+  ``recommendations`` stream and the per-site / fleet summaries (:mod:`sinks.redis.recs`);
+- ``"prices"``: PRICE_ROW_SCHEMA rows -> the ``prices`` hash;
+- ``"workload_events"``: WORKLOAD_EVENT_SCHEMA rows -> ``workload:{id}`` hashes and the
+  ``workloads`` stream (:mod:`sinks.redis.events`);
+- any other tag is ignored, so one output stream can feed several sinks.
+
+:class:`RedisSink` wraps it for Bytewax. Delivery: at-least-once from the dataflow,
+made effectively exactly-once by idempotent writes (a replayed batch leaves the same state
+and adds no stream entries). While Redis is down or erroring the batch is held and retried
+with exponential backoff, which blocks the worker: that is Bytewax's backpressure, and
+nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import polars as pl
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from hcp.errors import SinkUnavailableError
+from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
+from sinks.redis.events import write_prices, write_workload_events
+from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
+from sinks.redis.packer import BufferRing
+from sinks.redis.recs import HashCache, RecWriteStats, write_recs
+
+__all__ = ["RedisSink", "RedisWriter"]
+
+log = logging.getLogger(__name__)
+
+Item = tuple[str, pl.DataFrame]
+_RETRYABLE = (redis.RedisError, OSError)
+
+
+class RedisWriter:
+    """Writes tagged DataFrames to one Redis under one key prefix, retrying until done."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "hcp:",
+        stream_maxlen: int = 1_000_000,
+        *,
+        chunk_rows: int = 20_000,
+        backoff_min_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        give_up_after_s: float | None = None,
+        socket_timeout_s: float = 30.0,
+        delta_hashes: bool = True,
+    ) -> None:
+        if stream_maxlen < 1:
+            msg = f"stream_maxlen must be >= 1, got {stream_maxlen}"
+            raise ValueError(msg)
+        self.url = url
+        self.keys = RedisKeys(prefix)
+        self.stream_maxlen = stream_maxlen
+        self.chunk_rows = chunk_rows
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.give_up_after_s = give_up_after_s
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=min(socket_timeout_s, 5.0),
+        )
+        self._shas: dict[str, str] = {}
+        self._ring = BufferRing(4)
+        self._cache = HashCache() if delta_hashes else None
+        self.last_rec_stats: RecWriteStats | None = None  # of the last "recs" item
+        self._outage_since: float | None = None
+
+    def close(self) -> None:
+        self.client.close()
+
+    def write_batch(self, items: Iterable[Item]) -> None:
+        """Write every item, holding the batch and retrying while Redis fails."""
+        items = [(tag, df) for tag, df in items if tag in _HANDLERS]
+        if not items:
+            return
+        started = time.monotonic()
+        delay = self.backoff_min_s
+        while True:
+            try:
+                self._write_once(items)
+            except _RETRYABLE as exc:
+                if self._cache is not None:
+                    self._cache.clear()
+                SINK_ERRORS.labels(sink="redis").inc()
+                now = time.monotonic()
+                if self._outage_since is None:
+                    self._outage_since = now
+                    SINK_OUTAGES.labels(sink="redis").inc()
+                    log.warning(
+                        "Redis sink: %s failed (%s: %s); holding the batch and retrying",
+                        self.url, type(exc).__name__, exc,
+                    )
+                if self.give_up_after_s is not None and now - started > self.give_up_after_s:
+                    msg = f"Redis at {self.url} unavailable for {now - started:.1f} s: {exc}"
+                    raise SinkUnavailableError(msg) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, self.backoff_max_s)
+                continue
+            break
+        if self._outage_since is not None:
+            log.warning(
+                "Redis sink: %s recovered after %.1f s", self.url,
+                time.monotonic() - self._outage_since,
+            )
+            self._outage_since = None
+        SINK_WRITE_SECONDS.labels(sink="redis").observe(time.monotonic() - started)
+
+    def _write_once(self, items: list[Item]) -> None:
+        # Scripts are (re)loaded each attempt: a restarted Redis has forgotten them.
+        self._shas = {
+            name: self.client.script_load(lua)
+            for name, lua in (("cond", COND_HSET_LUA), ("prices", PRICES_LUA),
+                              ("workload", WORKLOAD_LUA))
+        }
+        for tag, df in items:
+            _HANDLERS[tag](self, df)
+
+    def _write_recs(self, df: pl.DataFrame) -> None:
+        stats = write_recs(
+            self.client, self.keys, df, cond_hset_sha=self._shas["cond"],
+            stream_maxlen=self.stream_maxlen, chunk_rows=self.chunk_rows, ring=self._ring,
+            cache=self._cache,
+        )
+        self.last_rec_stats = stats
+        SINK_ROWS.labels(sink="redis", table="recommendations").inc(stats.stream_entries)
+
+    def _write_prices(self, df: pl.DataFrame) -> None:
+        write_prices(self.client, self.keys, df, self._shas["prices"])
+        SINK_ROWS.labels(sink="redis", table="prices").inc(df.height)
+
+    def _write_workload_events(self, df: pl.DataFrame) -> None:
+        added = write_workload_events(
+            self.client, self.keys, df, self._shas["workload"], self.stream_maxlen
+        )
+        SINK_ROWS.labels(sink="redis", table="workload_events").inc(added)
+
+
+_HANDLERS: dict[str, Any] = {
+    "recs": RedisWriter._write_recs,
+    "prices": RedisWriter._write_prices,
+    "workload_events": RedisWriter._write_workload_events,
+}
+
+
+class _RedisSinkPartition(StatelessSinkPartition[Item]):
+    def __init__(self, writer: RedisWriter) -> None:
+        self._writer = writer
+
+    def write_batch(self, items: list[Item]) -> None:
+        self._writer.write_batch(items)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class RedisSink(DynamicSink[Item]):
+    """Write ``(tag, DataFrame)`` items to Redis per SPEC section 4.
+
+    Idempotent, so at-least-once delivery from a resumed dataflow gives exactly-once
+    state. Recommendations must reach ONE worker's partition in window-end order (the
+    stream ids and the no-older-overwrite check rely on a single ordered writer); prices
+    and workload events may arrive at any worker, in any order.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "hcp:",
+        stream_maxlen: int = 1_000_000,
+        **writer_options: Any,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.stream_maxlen = stream_maxlen
+        self.writer_options = writer_options
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[Item]:
+        writer = RedisWriter(self.url, self.prefix, self.stream_maxlen, **self.writer_options)
+        return _RedisSinkPartition(writer)

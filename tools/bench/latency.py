@@ -1,0 +1,466 @@
+"""Latency: from a window's end, on a simulated clock driven in real time, to its
+recommendation being readable in Redis.
+
+The generator runs at a fixed real-time rate, so simulated time ``t`` happens at wall time
+``SimClock.wall_of(t)``. A window ``[start, end)`` is over at ``wall_of(end)``; its
+recommendations are readable when they appear in the ``{prefix}recommendations`` stream,
+whose entry ids are ``{window_end_ms}-{seq}`` (see sinks/redis/layout.py). The watcher
+reads that stream as it grows and records, per recommendation, the wall time it was seen
+minus ``wall_of(window_end)``. The latency therefore includes the allowed lateness the
+flow waits before closing a window: that is the latency a user sees.
+
+What is wired: the clock, the stream watcher and the percentiles. What is not: starting the
+flow and the real-time generator (see :func:`measure_latency`, the lead wires it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import numpy as np
+import redis
+
+from hcp.errors import HcpError
+
+__all__ = [
+    "LatencyResult",
+    "RateLatency",
+    "RecommendationWatcher",
+    "SimClock",
+    "StreamProgressWatcher",
+    "devices_for_rate",
+    "measure_latency",
+    "percentiles",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SimClock:
+    """Maps simulated milliseconds to wall seconds: ``sim0_ms`` happened at ``wall0``."""
+
+    sim0_ms: int
+    wall0: float
+    speed: float = 1.0
+
+    @classmethod
+    def starting_now(cls, sim0_ms: int, speed: float = 1.0) -> SimClock:
+        return cls(sim0_ms, time.time(), speed)
+
+    def wall_of(self, sim_ms: int) -> float:
+        return self.wall0 + (sim_ms - self.sim0_ms) / 1000.0 / self.speed
+
+
+@dataclass
+class LatencyResult:
+    """Per-recommendation latencies in seconds, and how many windows they cover."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    windows: int = 0
+
+    @property
+    def p50_s(self) -> float | None:
+        return percentiles(self.latencies_s)[0]
+
+    @property
+    def p99_s(self) -> float | None:
+        return percentiles(self.latencies_s)[1]
+
+
+def percentiles(values: Iterable[float], qs: tuple[float, ...] = (50, 99)) -> list[float | None]:
+    """The ``qs`` percentiles of ``values`` (linear interpolation), ``None`` when empty."""
+    arr = np.fromiter(values, dtype=np.float64)
+    if arr.size == 0:
+        return [None for _ in qs]
+    return [float(v) for v in np.percentile(arr, qs)]
+
+
+class RecommendationWatcher:
+    """Reads the recommendations stream from "now" on, in a thread, timing each entry.
+
+    Start it before the generator so no entry is missed; stop it after the last window
+    of interest. Redis calls are plain blocking XREADs with a short block time so ``stop``
+    returns promptly.
+    """
+
+    def __init__(self, redis_url: str, stream: str, clock: SimClock, batch: int = 50_000) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.stream = stream
+        self.clock = clock
+        self.batch = batch
+        self.result = LatencyResult()
+        self._windows: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="latency-watcher", daemon=True)
+        self._error: BaseException | None = None
+
+    def start(self) -> RecommendationWatcher:
+        # "$" must be resolved now, not when the thread first reads, or early entries are lost.
+        info = self.client.xinfo_stream(self.stream) if self.client.exists(self.stream) else None
+        self._last_id = info["last-generated-id"] if info else b"0-0"
+        self._thread.start()
+        return self
+
+    def stop(self) -> LatencyResult:
+        self._stop.set()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self.result.windows = len(self._windows)
+        return self.result
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                reply = self.client.xread({self.stream: self._last_id}, count=self.batch, block=100)
+                seen_at = time.time()
+                for _stream, entries in reply or []:
+                    for entry_id, _fields in entries:
+                        window_end = int(entry_id.split(b"-", 1)[0])
+                        self._windows.add(window_end)
+                        self.result.latencies_s.append(seen_at - self.clock.wall_of(window_end))
+                    if entries:
+                        self._last_id = entries[-1][0]
+        except BaseException as exc:
+            self._error = exc
+
+
+@dataclass
+class RateLatency:
+    """Latency at one real-time rate: per-recommendation figures, raw and minus lateness."""
+
+    events_per_s: float
+    devices: int
+    window_s: float
+    lateness_s: float
+    idle_timeout_s: float
+    latencies_s: list[float] = field(default_factory=list, repr=False)
+    windows: int = 0
+    windows_expected: int = 0
+    recommendations: int = 0
+    generator_wall_s: float = 0.0
+    generator_events: int = 0
+    simulated_s: int = 0
+    late_events: float | None = None
+
+    @property
+    def kept_up(self) -> bool:
+        """Did the generator hold the real-time rate (finish within 2 s of schedule)?"""
+        return self.generator_wall_s <= self.simulated_s + 2.0
+
+    @property
+    def job_kept_up(self) -> bool:
+        """Did every measured window reach Redis within one window length of the lateness?
+
+        A job that falls behind shows it as latency beyond a window: it would close each
+        window after the next one had already ended.
+        """
+        p99 = percentiles(self.latencies_s)[1]
+        return (
+            self.windows >= self.windows_expected
+            and p99 is not None
+            and p99 <= self.lateness_s + self.window_s
+        )
+
+    def summary(self) -> dict:
+        p50, p99 = percentiles(self.latencies_s)
+        adj = [v - self.lateness_s for v in self.latencies_s]
+        a50, a99 = percentiles(adj)
+        mx = max(self.latencies_s) if self.latencies_s else None
+        rnd = (lambda v: None if v is None else round(v, 4))  # noqa: E731
+        return {
+            "events_per_s": self.events_per_s,
+            "devices": self.devices,
+            "measured_events_per_s": round(self.generator_events / self.generator_wall_s, 1)
+            if self.generator_wall_s else None,
+            "generator_kept_up": self.kept_up,
+            "job_kept_up": self.job_kept_up,
+            "window_s": self.window_s,
+            "lateness_s": self.lateness_s,
+            "idle_timeout_s": self.idle_timeout_s,
+            "windows": self.windows,
+            "windows_expected": self.windows_expected,
+            "recommendations": self.recommendations,
+            "p50_s": rnd(p50),
+            "p99_s": rnd(p99),
+            "max_s": rnd(mx),
+            "p50_minus_lateness_s": rnd(a50),
+            "p99_minus_lateness_s": rnd(a99),
+            "late_events": self.late_events,
+        }
+
+
+class StreamProgressWatcher:
+    """Polls the stream's last id every ``interval_s`` and times each entry's appearance.
+
+    Entry ids are ``{window_end}-{seq}`` with ``seq`` 0..n-1 per window (sinks/redis/recs.py),
+    so the last id alone tells how many of a window's recommendations are readable; polling
+    it is O(1), where reading every entry back would make the watcher the bottleneck.
+    """
+
+    def __init__(self, redis_url: str, stream: str, interval_s: float = 0.01) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.stream = stream
+        self.interval_s = interval_s
+        # (wall time seen, window_end, entries of that window that became readable)
+        self.steps: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="latency-watcher", daemon=True)
+        self._error: BaseException | None = None
+
+    def start(self) -> StreamProgressWatcher:
+        from sinks.redis.layout import stream_last_id
+
+        self._last = stream_last_id(self.client, self.stream)
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[tuple[float, int, int]]:
+        self._stop.set()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.steps
+
+    def _final_seq_before(self, window_end: int) -> tuple[int, int] | None:
+        """The last entry with an id below ``window_end``-0, as (ms, seq)."""
+        got = self.client.xrevrange(self.stream, max=f"({window_end}-0", count=1)
+        if not got:
+            return None
+        ms, _, seq = got[0][0].decode().partition("-")
+        return int(ms), int(seq)
+
+    def _run(self) -> None:
+        from sinks.redis.layout import stream_last_id
+
+        try:
+            while not self._stop.wait(self.interval_s):
+                now_id = stream_last_id(self.client, self.stream)
+                seen = time.time()
+                if now_id == self._last:
+                    continue
+                last_ms, last_seq = self._last
+                if now_id[0] == last_ms:
+                    self.steps.append((seen, last_ms, now_id[1] - last_seq))
+                else:
+                    # The window moved on: count what the earlier windows got since the
+                    # last poll, walking back from the new window to the one we knew.
+                    done: list[tuple[int, int]] = []
+                    upper = now_id[0]
+                    while (prev := self._final_seq_before(upper)) is not None:
+                        if prev[0] <= last_ms:
+                            if prev[0] == last_ms and prev[1] > last_seq:
+                                done.append((last_ms, prev[1] - last_seq))
+                            break
+                        done.append((prev[0], prev[1] + 1))
+                        upper = prev[0]
+                    self.steps.extend((seen, ms, n) for ms, n in reversed(done))
+                    self.steps.append((seen, now_id[0], now_id[1] + 1))
+                self._last = now_id
+        except BaseException as exc:
+            self._error = exc
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _scrape(port: int, name: str) -> float | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            msg = f"the HCP job of the latency run exited early (code {proc.returncode})"
+            raise HcpError(msg)
+        if _scrape(port, "hcp_late_events_total") is not None:
+            return
+        time.sleep(0.2)
+    msg = "the HCP job of the latency run did not start within a minute"
+    raise HcpError(msg)
+
+
+def devices_for_rate(events_per_s: float) -> tuple[int, int]:
+    """(asics, gpus) reporting at 1 Hz for ``events_per_s``, GPUs 1/31 as in the benchmark."""
+    total = max(2, round(events_per_s))
+    gpus = max(1, round(total * 10_000 / 310_000))
+    return total - gpus, gpus
+
+
+def measure_latency(
+    bootstrap: str,
+    redis_url: str,
+    pg_dsn: str,
+    *,
+    events_per_s: float = 50_000,
+    window_s: float = 10.0,
+    windows: int = 3,
+    lateness_s: float = 1.0,
+    idle_timeout_s: float = 0.5,
+    sites: int = 8,
+    drain_s: float = 30.0,
+    log_to: TextIO | None = None,
+) -> RateLatency:
+    """Latency from window end to readable recommendation at a fixed real-time rate.
+
+    Starts ``hcp run`` (streaming, every sink on, raw storage off) on fresh topics, a fresh
+    Redis prefix and a fresh database; then the generator at speed 1 in another process
+    for ``windows + 1`` windows (the first is warm-up, dropped) plus the lateness and a few
+    seconds, timing each recommendation's appearance in ``{prefix}recommendations``.
+    """
+    from sinks.redis.layout import RedisKeys
+    from tools.bench.hooks import delete_redis_prefix, fresh_database
+
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"lat-{run_id}."
+    redis_prefix = f"lat-{run_id}:"
+    asics, gpus = devices_for_rate(events_per_s)
+    window_ms = round(window_s * 1000)
+    sim0_ms = 1_767_225_600_000  # the generator's default start, a window boundary
+    seconds = math.ceil((windows + 1) * window_s + lateness_s + 3)
+    result = RateLatency(events_per_s, asics + gpus, window_s, lateness_s, idle_timeout_s)
+    first_end, last_end = sim0_ms + 2 * window_ms, sim0_ms + (windows + 1) * window_ms
+    port = _free_port()
+    with fresh_database(pg_dsn, "lat") as dsn:
+        job_cmd = [
+            sys.executable, "-m", "hcp", "run", "--no-raw",
+            "--bootstrap", bootstrap, "--topic-prefix", prefix,
+            "--redis", redis_url, "--redis-prefix", redis_prefix, "--pg", dsn,
+            "--metrics-port", str(port), "--window-s", str(window_s),
+            "--lateness-s", str(lateness_s), "--idle-timeout-s", str(idle_timeout_s),
+        ]
+        job = subprocess.Popen(job_cmd, stderr=log_to or subprocess.DEVNULL)
+        try:
+            _wait_ready(port, job)
+            time.sleep(2.0)  # consumers assigned, kernels loaded
+            watcher = StreamProgressWatcher(redis_url, RedisKeys(redis_prefix).recs_stream).start()
+            gen_cmd = [
+                sys.executable, "-m", "tools.bench.latency", "--bootstrap", bootstrap,
+                "--topic-prefix", prefix, "--asics", str(asics), "--gpus", str(gpus),
+                "--sites", str(sites), "--seconds", str(seconds),
+            ]
+            gen = subprocess.run(gen_cmd, capture_output=True, text=True, check=False)
+            if gen.returncode != 0:
+                msg = f"the real-time generator failed: {gen.stderr.strip().splitlines()[-1:]}"
+                raise HcpError(msg)
+            report = json.loads(gen.stdout.strip().splitlines()[-1])
+            # Wait for the measured windows; a job that fell behind gets up to
+            # ``drain_s`` more, so its (large) latency is measured rather than missing.
+            deadline = time.monotonic() + lateness_s + idle_timeout_s + 2.0 + drain_s
+            time.sleep(lateness_s + idle_timeout_s + 2.0)
+            devices = asics + gpus
+            while time.monotonic() < deadline and not _complete(watcher.steps, last_end, devices):
+                time.sleep(0.5)
+            steps = watcher.stop()
+            result.late_events = _scrape(port, "hcp_late_events_total")
+        finally:
+            job.send_signal(signal.SIGTERM)
+            try:
+                job.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                job.kill()
+                job.wait()
+            delete_redis_prefix(redis_url, redis_prefix)
+            _delete_topics(bootstrap, prefix)
+    clock = SimClock(sim0_ms=sim0_ms, wall0=report["anchor"])
+    seen_windows: set[int] = set()
+    for seen, window_end, n in steps:
+        if first_end <= window_end <= last_end:
+            seen_windows.add(window_end)
+            result.latencies_s.extend([seen - clock.wall_of(window_end)] * n)
+    result.windows = len(seen_windows)
+    result.windows_expected = windows
+    result.recommendations = len(result.latencies_s)
+    result.generator_wall_s = report["wall_s"]
+    result.generator_events = report["events"]
+    result.simulated_s = seconds
+    return result
+
+
+def _complete(steps: list[tuple[float, int, int]], last_end: int, devices: int) -> bool:
+    """Has every device's recommendation for the last measured window been written?"""
+    return sum(n for _seen, end, n in list(steps) if end == last_end) >= devices
+
+
+def _delete_topics(bootstrap: str, prefix: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    from hcp.topics import Topics
+
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        futures = admin.delete_topics(Topics(prefix).all(), operation_timeout=10)
+        for fut in futures.values():
+            with contextlib.suppress(Exception):
+                fut.result(timeout=10)
+    except Exception as exc:  # cleanup only; the topics are uniquely named
+        log.debug("could not delete latency topics: %s", exc)
+
+
+def _generator_main(argv: list[str] | None = None) -> int:
+    """Child process of :func:`measure_latency`: the generator at speed 1.
+
+    Prints one JSON line: the wall time (epoch s) at which simulated second 0 was due
+    (the earliest of ``hook time - s``, since the producer can only be late), the wall
+    seconds and the events produced.
+    """
+    import argparse
+
+    from generators.run import generate
+    from generators.simulation import SimConfig
+    from hcp.topics import Topics
+
+    p = argparse.ArgumentParser(prog="python -m tools.bench.latency")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--topic-prefix", required=True)
+    p.add_argument("--asics", type=int, required=True)
+    p.add_argument("--gpus", type=int, required=True)
+    p.add_argument("--sites", type=int, default=8)
+    p.add_argument("--seconds", type=int, required=True)
+    args = p.parse_args(argv)
+    anchors: list[float] = []
+
+    def hook(_sim: object, second: int) -> None:
+        anchors.append(time.time() - second)
+
+    config = SimConfig(seed=42, gpus=args.gpus, asics=args.asics, sites=args.sites,
+                       duration_s=args.seconds, workloads=False)
+    summary = generate(config, args.bootstrap, Topics(args.topic_prefix), speed=1.0,
+                       on_second=hook)
+    print(json.dumps({"anchor": min(anchors), "wall_s": summary.wall_s,
+                      "events": summary.events}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_generator_main())
