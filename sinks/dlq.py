@@ -21,7 +21,7 @@ import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from flows import metrics
+from sinks import metrics
 
 __all__ = ["DlqSink"]
 
