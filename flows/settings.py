@@ -36,6 +36,9 @@ class JobSettings:
     pool_fee: float = 0.0
     hysteresis: float = 0.05
     dwell_s: float = 600.0
+    max_price_age_s: float = 900.0
+    compliance_grace_s: float = 60.0
+    compliance_windows: int = 3
     batch_size: int = 50_000
     linger_s: float = 0.1
     stream_maxlen: int = 1_000_000
@@ -65,6 +68,14 @@ class JobSettings:
     @property
     def dwell_ms(self) -> int:
         return round(self.dwell_s * 1000)
+
+    @property
+    def compliance_grace_ms(self) -> int:
+        return round(self.compliance_grace_s * 1000)
+
+    @property
+    def max_price_age_ms(self) -> int:
+        return round(self.max_price_age_s * 1000)
 
     def validate(self) -> JobSettings:
         if self.window_ms < 1000 or 86_400_000 % self.window_ms != 0:
@@ -155,6 +166,33 @@ def add_job_args(parser: argparse.ArgumentParser) -> None:
         default=600.0,
         type=non_negative_float,
         help="minimum event-time seconds between two ASIC switches",
+    )
+    env_arg(
+        g,
+        "--max-price-age-s",
+        env="HCP_MAX_PRICE_AGE_S",
+        default=900.0,
+        type=non_negative_float,
+        help="stale-price fail-safe: a decision whose electricity, BTC or GPU spot price is "
+        "older than this (event-time seconds) keeps its last action, reason stale_price; "
+        "0 turns it off",
+    )
+    c = parser.add_argument_group("control loop (docs/control-loop.md)")
+    env_arg(
+        c,
+        "--compliance-grace-s",
+        env="HCP_COMPLIANCE_GRACE_S",
+        default=60.0,
+        type=non_negative_float,
+        help="event-time seconds a command is in force before the device is judged on it",
+    )
+    env_arg(
+        c,
+        "--compliance-windows",
+        env="HCP_COMPLIANCE_WINDOWS",
+        default=3,
+        type=positive_int,
+        help="consecutive judged windows out of step after which a device is flagged",
     )
     r = parser.add_argument_group("running")
     env_flag(

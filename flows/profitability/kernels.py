@@ -33,10 +33,18 @@ REASONS = (
     "no_price",
     "running_workload",
     "device_down",
+    "stale_price",
 )
-PROFITABLE, UNPROFITABLE, POWER_CAP, HYSTERESIS_HOLD, NO_PRICE, RUNNING_WORKLOAD, DEVICE_DOWN = (
-    range(7)
-)
+(
+    PROFITABLE,
+    UNPROFITABLE,
+    POWER_CAP,
+    HYSTERESIS_HOLD,
+    NO_PRICE,
+    RUNNING_WORKLOAD,
+    DEVICE_DOWN,
+    STALE_PRICE,
+) = range(8)
 
 # Rows of the per-window accumulator matrices (field x device).
 G_COUNT, G_UTIL, G_POWER, G_TEMP, G_BUSY, G_LAST_STATE = range(6)
@@ -170,6 +178,7 @@ def asic_decisions(
     mining_hash: np.ndarray,
     mining_power: np.ndarray,
     electricity: np.ndarray,
+    stale: np.ndarray,
     btc_usd: float,
     difficulty: float,
     block_reward: float,
@@ -192,6 +201,10 @@ def asic_decisions(
     ``last_switch``, ``exp_hash`` and ``exp_power`` are the devices' decision state,
     updated in place. ``out`` rows: revenue, cost, net, score, expected revenue, cost,
     net, power.
+
+    ``stale`` marks devices whose electricity, BTC price or difficulty is older than the
+    allowed price age (a feed is down): they keep their last action and never switch on
+    such a price (reason ``stale_price``), and their decision state stays as it was.
     """
     usd_per_th_hr = (
         1e12 * 3600.0 * block_reward / (difficulty * TWO_32) * btc_usd * (1.0 - pool_fee)
@@ -211,6 +224,10 @@ def asic_decisions(
         if np.isnan(e_net):
             out_action[i] = cur
             out_reason[i] = NO_PRICE
+            continue
+        if stale[i]:
+            out_action[i] = cur
+            out_reason[i] = STALE_PRICE
             continue
         margin = hysteresis * e_rev
         want = cur
@@ -242,6 +259,7 @@ def gpu_decisions(
     last_state: np.ndarray,
     spot: np.ndarray,
     electricity: np.ndarray,
+    stale: np.ndarray,
     rented_power_w: float,
     out: np.ndarray,
     out_action: np.ndarray,
@@ -251,7 +269,9 @@ def gpu_decisions(
 
     A GPU whose last sample is busy keeps serving; one that is down is powered down;
     an idle one is offered when renting it at the spot rate, drawing ``rented_power_w``,
-    would earn more than its power costs.
+    would earn more than its power costs. An idle GPU whose spot rate or electricity is
+    older than the allowed price age (``stale``) is offered as without prices, with reason
+    ``stale_price``: a stale price never powers a GPU down.
     """
     for i in range(busy_fraction.shape[0]):
         revenue = spot[i] * busy_fraction[i]
@@ -270,6 +290,9 @@ def gpu_decisions(
         elif np.isnan(e_net):
             out_action[i] = OFFER
             out_reason[i] = NO_PRICE
+        elif stale[i]:
+            out_action[i] = OFFER
+            out_reason[i] = STALE_PRICE
         elif e_net > 0:
             out_action[i] = OFFER
             out_reason[i] = PROFITABLE

@@ -50,6 +50,8 @@ TAG_TABLES: dict[str, str] = {
     "windows": "device_windows",
     "recs": "recommendations",
     "workload_events": "workload_events",
+    "compliance": "device_compliance",
+    "site_compliance": "site_compliance",
 }
 # Raw telemetry is by far the largest stream; --no-raw style deployments skip it.
 RAW_TAGS = frozenset({"gpu_raw", "asic_raw"})

@@ -11,6 +11,8 @@ benchmarks can share one Redis without seeing each other:
 - ``{prefix}prices``                 hash, ``key`` -> latest value, ``key:ts`` -> its event time
 - ``{prefix}workload:{workload_id}`` hash, current state of a workload
 - ``{prefix}workloads``              stream of workload state transitions, id ``{ts}-{seq}``
+- ``{prefix}compliance:site:{site}`` hash, the site's latest commanded vs observed power
+- ``{prefix}noncompliant``           hash, flagged device id -> windows out of step
 
 The scripts make "never overwrite newer state with older state" a server-side check, so a
 replay of old windows or events cannot move a hash backwards whatever the read order.

@@ -7,6 +7,8 @@
 - ``"prices"``: PRICE_ROW_SCHEMA rows -> the ``prices`` hash;
 - ``"workload_events"``: WORKLOAD_EVENT_SCHEMA rows -> ``workload:{id}`` hashes and the
   ``workloads`` stream (:mod:`sinks.redis.events`);
+- ``"compliance"`` / ``"site_compliance"``: the control loop's rows -> the
+  ``noncompliant`` hash and ``compliance:site:{site}`` hashes (:mod:`sinks.redis.compliance`);
 - any other tag is ignored, so one output stream can feed several sinks.
 
 :class:`RedisSink` wraps it for Bytewax. Delivery: at-least-once from the dataflow,
@@ -29,6 +31,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from hcp.errors import SinkUnavailableError
 from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
+from sinks.redis.compliance import write_device_compliance, write_site_compliance
 from sinks.redis.events import write_prices, write_workload_events
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
@@ -148,9 +151,19 @@ class RedisWriter:
         )
         SINK_ROWS.labels(sink="redis", table="workload_events").inc(added)
 
+    def _write_site_compliance(self, df: pl.DataFrame) -> None:
+        write_site_compliance(self.client, self.keys, df, self._shas["cond"])
+        SINK_ROWS.labels(sink="redis", table="site_compliance").inc(df.height)
+
+    def _write_device_compliance(self, df: pl.DataFrame) -> None:
+        write_device_compliance(self.client, self.keys, df)
+        SINK_ROWS.labels(sink="redis", table="device_compliance").inc(df.height)
+
 
 _HANDLERS: dict[str, Any] = {
     "recs": RedisWriter._write_recs,
+    "compliance": RedisWriter._write_device_compliance,
+    "site_compliance": RedisWriter._write_site_compliance,
     "prices": RedisWriter._write_prices,
     "workload_events": RedisWriter._write_workload_events,
 }
