@@ -4,7 +4,8 @@
   observed kW, devices out of step, flagged devices, savings, planned and actual net);
   written only when not older than what is there, so replays never move it back.
 - ``{prefix}noncompliant`` hash: device id -> consecutive windows out of step, for every
-  device flagged in its latest window; a device back in step is removed.
+  device flagged in its latest window; a device back in step is removed. The window it
+  reflects is in ``{prefix}noncompliant:window_end``; an older (replayed) window is skipped.
 
 A site has a handful of rows per window, and flagged devices are few, so plain
 pipelines are enough.
@@ -51,15 +52,34 @@ def write_site_compliance(
     return int(client.evalsha(cond_hset_sha, len(hash_keys), *hash_keys, *argv))
 
 
+# KEYS: the hash, its window marker. ARGV: window_end, count of flagged, flagged (device,
+# misses) pairs, then the devices to remove. Skipped when the marker is newer.
+_FLAGGED_LUA = """
+local old = tonumber(redis.call('GET', KEYS[2]))
+local wend = tonumber(ARGV[1])
+if old ~= nil and wend < old then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do
+  redis.call('HSET', KEYS[1], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
+end
+for i = 3 + 2 * n, #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+end
+return 1
+"""
+
+
 def write_device_compliance(client: redis.Redis, keys: RedisKeys, df: pl.DataFrame) -> int:
-    """Keep the flagged set of the window; returns how many devices are flagged in it."""
+    """Keep the flagged set, window by window; returns how many windows were applied."""
     key = f"{keys.prefix}noncompliant"
-    flagged = df.filter(pl.col("flagged"))
-    back = df.filter(~pl.col("flagged") & (pl.col("misses") == 0))
-    pipe = client.pipeline(transaction=False)
-    if flagged.height:
-        pipe.hset(key, mapping=dict(zip(flagged["device_id"], flagged["misses"], strict=True)))
-    if back.height:
-        pipe.hdel(key, *back["device_id"].to_list())
-    pipe.execute()
-    return flagged.height
+    script = client.register_script(_FLAGGED_LUA)
+    applied = 0
+    for wend in df["window_end"].unique().sort().to_list():
+        window = df.filter(pl.col("window_end") == wend)
+        flagged = window.filter(pl.col("flagged"))
+        back = window.filter(~pl.col("flagged"))["device_id"].to_list()
+        pairs = [v for row in flagged.select("device_id", "misses").iter_rows() for v in row]
+        args = [wend, flagged.height, *pairs, *back]
+        applied += int(script(keys=[key, f"{key}:window_end"], args=args))
+    return applied
