@@ -7,6 +7,7 @@ import math
 import sys
 from datetime import UTC, datetime
 
+from generators.control import ControlConfig
 from generators.run import Progress, generate
 from generators.scenario import load_scenario, parse_instant_ms
 from generators.simulation import SimConfig
@@ -97,6 +98,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="close the loop: GPUs run the work the router assigns on the assignments topic "
         "(output then depends on the running job, so it is no longer reproducible)",
     )
+    ctl = parser.add_argument_group("control loop (docs/control-loop.md)")
+    env_flag(
+        ctl,
+        "--follow-commands",
+        env="HCP_FOLLOW_COMMANDS",
+        help="close the loop: ASICs curtail/resume and GPUs power down as the job commands "
+        "on the fleet commands topic (output then depends on the running job)",
+    )
+    env_arg(
+        ctl,
+        "--ramp-s",
+        env="HCP_RAMP_S",
+        default=30.0,
+        type=non_negative_float,
+        help="simulated seconds from seeing a command to acting on it",
+    )
+    env_arg(
+        ctl,
+        "--ignore-share",
+        env="HCP_IGNORE_SHARE",
+        default=0.0,
+        type=non_negative_float,
+        help="share of devices (0-1, seeded) that ignore every command",
+    )
+    env_arg(
+        ctl,
+        "--late-share",
+        env="HCP_LATE_SHARE",
+        default=0.0,
+        type=non_negative_float,
+        help="share of devices (0-1, seeded) that obey --late-s later than the ramp",
+    )
+    env_arg(
+        ctl,
+        "--late-s",
+        env="HCP_LATE_S",
+        default=300.0,
+        type=non_negative_float,
+        help="extra delay of the late devices, simulated seconds",
+    )
     env_arg(
         sim,
         "--progress-interval",
@@ -116,6 +157,17 @@ def run(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(str(exc)) from None
     sites = [f"site-{i + 1:02d}" for i in range(args.sites)]
+    control = None
+    if args.follow_commands:
+        try:
+            control = ControlConfig(
+                ramp_s=args.ramp_s,
+                ignore_share=args.ignore_share,
+                late_share=args.late_share,
+                late_s=args.late_s,
+            ).validate()
+        except ValueError as exc:
+            raise ConfigError(f"--{exc}") from None
     scenario = load_scenario(args.scenario, start_ms, sites) if args.scenario else None
     config = SimConfig(
         seed=args.seed,
@@ -129,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         workloads=not args.no_workloads,
         scenario=scenario,
         closed_loop=args.follow_assignments,
+        control=control,
     )
     interval = args.progress_interval
     topics = Topics(prefix=args.topic_prefix)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import redis
 
+from generators.control import ControlConfig
 from generators.run import generate
 from generators.scenario import load_scenario
 from generators.simulation import SimConfig
@@ -105,6 +106,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     env_arg(parser, "--asics", env="HCP_ASICS", default=50, type=positive_int, help="ASICs")
     env_arg(parser, "--sites", env="HCP_SITES", default=3, type=positive_int, help="sites")
     env_arg(parser, "--seed", env="HCP_SEED", default=7, type=int, help="random seed")
+    env_arg(
+        parser,
+        "--ignore-share",
+        env="HCP_IGNORE_SHARE",
+        default=0.1,
+        type=float,
+        help="share of devices that ignore the job's commands (docs/control-loop.md)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -143,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
         scenario=load_scenario(args.scenario, start_ms, sites),
         workload_rate=args.workload_rate,
         closed_loop=True,
+        # The fleet follows the job's commands (a few rebels), so curtailing shows up as
+        # a drop in the site's observed power.
+        control=ControlConfig(ignore_share=args.ignore_share),
     )
     with _broker(args.bootstrap) as bootstrap:
         return _play(args, client, bootstrap, topics, config, sites)
@@ -271,9 +283,22 @@ def _view(client: redis.Redis, prefix: str, sites: list[str]) -> str:
         net = float(s.get("net_usd_hr", 0))
         lines.append(
             f"  {site}: electricity {float(elec or 0):6.1f} $/MWh{extra} | net {net:8.2f} $/h"
-            f" | {counts}"
+            f" | {counts}{_power(client, prefix, site)}"
         )
     return "\n".join(lines)
+
+
+def _power(client: redis.Redis, prefix: str, site: str) -> str:
+    """Commanded vs observed power of the site's latest judged window, and its rebels."""
+    c = client.hgetall(f"{prefix}compliance:site:{site}")
+    if not c:
+        return ""
+    flagged = int(float(c.get("flagged") or 0))
+    rebels = f", {flagged} not following" if flagged else ""
+    return (
+        f" | power {float(c.get('observed_kw') or 0):6.1f} kW"
+        f" (commanded {float(c.get('commanded_kw') or 0):6.1f}{rebels})"
+    )
 
 
 def _workload_counts(client: redis.Redis, prefix: str) -> str:
