@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES = [
     "tools.commands.db",
     "tools.record.command",
     "tools.bench.command",
+    "tools.backtest.command",
 ]
 
 log = logging.getLogger("hcp")

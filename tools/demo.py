@@ -186,7 +186,7 @@ def _play(
         [
             sys.executable,
             "-m",
-            "hcp",
+            "tools",  # the hcp CLI (tools/cli.py)
             "run",
             "--bootstrap",
             bootstrap,
