@@ -24,6 +24,7 @@ from sinks.postgres.schema import apply_migrations
 from sinks.postgres.writer import PgWriter
 from sinks.redis.sink import RedisWriter
 from tests.support.flowkit import T0, asic_msg, make_topics, price_msg, produce, run_once
+from tools.commands.history import compliance
 
 MIN = 60_000
 SITE1 = [f"asic-{i:02d}" for i in range(1, 11)]
@@ -215,6 +216,12 @@ def test_compliance_lands_in_redis_and_postgres(
             "WHERE site = 'site-01'"
         ).fetchone()
         sites = conn.execute("SELECT count(*) FROM site_compliance").fetchone()[0]
+        by_site, _, _ = compliance(conn, by="site", site="site-01")
+        by_device, _, _ = compliance(conn, by="device", device=REBEL)
+    assert by_site["savings_usd"][0] == pytest.approx(
+        frames["site_compliance"].filter(pl.col("site") == "site-01")["savings_usd"].sum()
+    )
+    assert by_device.row(0, named=True)["flagged_windows"] == 7
     assert n == 10 * 16
     assert flagged == 7  # windows [9, 10) .. [15, 16)
     assert sites == 3 * 16
