@@ -24,6 +24,7 @@ import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from hcp.errors import SinkUnavailableError
+from hcp.tags import Out
 from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
 from sinks.postgres.schema import apply_migrations, redact_dsn
 from sinks.postgres.writer import CopyFormat, PgWriter
@@ -44,15 +45,15 @@ log = logging.getLogger(__name__)
 
 # Which table each tagged stream lands in. Tags not listed belong to other sinks.
 TAG_TABLES: dict[str, str] = {
-    "gpu_raw": "gpu_metrics",
-    "asic_raw": "asic_metrics",
-    "prices": "market_prices",
-    "windows": "device_windows",
-    "recs": "recommendations",
-    "workload_events": "workload_events",
+    Out.GPU_RAW: "gpu_metrics",
+    Out.ASIC_RAW: "asic_metrics",
+    Out.PRICES: "market_prices",
+    Out.WINDOWS: "device_windows",
+    Out.RECS: "recommendations",
+    Out.WORKLOAD_EVENTS: "workload_events",
 }
 # Raw telemetry is by far the largest stream; --no-raw style deployments skip it.
-RAW_TAGS = frozenset({"gpu_raw", "asic_raw"})
+RAW_TAGS = frozenset({Out.GPU_RAW, Out.ASIC_RAW})
 
 
 class InjectedFaultError(RuntimeError):
