@@ -38,6 +38,7 @@ import polars as pl
 from bytewax.operators import StatefulBatchLogic
 
 from flows import metrics
+from hcp.tags import Out
 
 __all__ = ["OFF_FRACTION", "ComplianceConfig", "ComplianceLogic", "ComplianceState"]
 
@@ -82,9 +83,9 @@ class ComplianceLogic(StatefulBatchLogic[tuple, tuple, bytes]):
     def on_batch(self, values: list[tuple]) -> tuple[list[tuple], bool]:
         out: list[tuple] = []
         for tag, payload in values:
-            if tag == "windows" and payload.height:
+            if tag == Out.WINDOWS and payload.height:
                 self.s.pending[int(payload["window_start"][0])] = payload
-            elif tag == "recs" and payload.height:
+            elif tag == Out.RECS and payload.height:
                 start = int(payload["window_start"][0])
                 windows = self.s.pending.pop(start, None)
                 out.extend(self.judge(windows, payload))
@@ -205,11 +206,11 @@ class ComplianceLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             metrics.SITE_POWER_KW.labels(site, "commanded").set(cmd_kw)
             metrics.SITE_POWER_KW.labels(site, "observed").set(obs_kw)
         commands = self._advance(df)
-        out: list[tuple] = [("compliance", per_device), ("site_compliance", per_site)]
+        out: list[tuple] = [(Out.COMPLIANCE, per_device), (Out.SITE_COMPLIANCE, per_site)]
         if commands.height:
             for action, n in commands["action"].value_counts().iter_rows():
                 metrics.COMMANDS.labels(action).inc(n)
-            out.append(("commands", commands))
+            out.append((Out.COMMANDS, commands))
         return out
 
     def _advance(self, df: pl.DataFrame) -> pl.DataFrame:

@@ -16,6 +16,7 @@ from confluent_kafka import KafkaException, Producer
 
 from hcp.commands import produce_commands
 from hcp.errors import BrokerUnreachableError
+from hcp.tags import Out
 
 __all__ = ["CommandSink", "command_messages"]
 
@@ -38,7 +39,7 @@ class _CommandPartition(StatelessSinkPartition[Item]):
         )
 
     def write_batch(self, items: list[Item]) -> None:
-        msgs = [m for tag, df in items if tag == "commands" for m in command_messages(df)]
+        msgs = [m for tag, df in items if tag == Out.COMMANDS for m in command_messages(df)]
         if not msgs:
             return
         produce_commands(self._producer, self._topic, msgs)

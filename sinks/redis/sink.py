@@ -30,6 +30,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from hcp.errors import SinkUnavailableError
+from hcp.tags import Out
 from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
 from sinks.redis.compliance import write_device_compliance, write_site_compliance
 from sinks.redis.events import write_prices, write_workload_events
@@ -161,11 +162,11 @@ class RedisWriter:
 
 
 _HANDLERS: dict[str, Any] = {
-    "recs": RedisWriter._write_recs,
-    "compliance": RedisWriter._write_device_compliance,
-    "site_compliance": RedisWriter._write_site_compliance,
-    "prices": RedisWriter._write_prices,
-    "workload_events": RedisWriter._write_workload_events,
+    Out.RECS: RedisWriter._write_recs,
+    Out.COMPLIANCE: RedisWriter._write_device_compliance,
+    Out.SITE_COMPLIANCE: RedisWriter._write_site_compliance,
+    Out.PRICES: RedisWriter._write_prices,
+    Out.WORKLOAD_EVENTS: RedisWriter._write_workload_events,
 }
 
 

@@ -30,6 +30,7 @@ from flows.profitability.shard import ShardConfig, ShardLogic
 from flows.source import KIND_FIELDS, SourceBatch
 from hcp.errors import ConfigError
 from hcp.schemas import DLQ_SCHEMA
+from hcp.tags import Out
 from tools.backtest.policy import Policy
 from tools.record.recording import read_manifest
 
@@ -81,9 +82,9 @@ class PolicyRun:
 
     def _collect(self, items: list[tuple]) -> None:
         for item in items:
-            if item[0] == "recs":
+            if item[0] == Out.RECS:
                 self.recs.append(item[1].select(_REC_COLUMNS))
-            elif item[0] == "windows":
+            elif item[0] == Out.WINDOWS:
                 self.windows.append(item[1].select("device_id", "window_start", "power_w"))
 
     def frame(self) -> pl.DataFrame:
