@@ -17,7 +17,7 @@ from hcp.config import (
     non_negative_float,
 )
 from hcp.errors import ConfigError
-from hcp.settings import add_settings
+from hcp.settings import SETTINGS, add_settings
 from hcp.topics import Topics
 
 __all__ = ["register"]
@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(output then depends on the running job, so it is no longer reproducible)",
     )
     add_settings(parser, "ignore_share")
-    ctl = parser.add_argument_group("control loop (docs/control-loop.md)")
+    # The group add_settings made for --ignore-share: the loop's flags stay together.
+    ctl = next(g for g in parser._action_groups if g.title == SETTINGS["ignore_share"].group)
     env_flag(
         ctl,
         "--follow-commands",
