@@ -45,7 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     sim = parser.add_argument_group("simulation")
-    env_arg(sim, "--seed", env="HCP_SEED", default=7, type=int, help="random seed")
+    env_arg(
+        sim,
+        "--seed",
+        env="HCP_SEED",
+        default=7,
+        type=non_negative_int,
+        help="random seed, >= 0; with --start it also names the run's workload ids",
+    )
     env_arg(sim, "--gpus", env="HCP_GPUS", default=10, type=non_negative_int, help="GPUs")
     env_arg(sim, "--asics", env="HCP_ASICS", default=50, type=non_negative_int, help="ASICs")
     env_arg(
@@ -116,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(str(exc)) from None
     sites = [f"site-{i + 1:02d}" for i in range(args.sites)]
-    scenario = load_scenario(args.scenario, start_ms, sites) if args.scenario else None
+    scenario = (
+        load_scenario(args.scenario, start_ms, sites, args.duration) if args.scenario else None
+    )
     config = SimConfig(
         seed=args.seed,
         gpus=args.gpus,

@@ -15,7 +15,14 @@ from typing import Any
 import polars as pl
 import redis
 
-from hcp.config import DEFAULT_REDIS, env_arg, env_flag, non_negative_float, non_negative_int
+from hcp.config import (
+    DEFAULT_REDIS,
+    env_arg,
+    env_flag,
+    non_negative_float,
+    non_negative_int,
+    redis_url,
+)
 from hcp.errors import SinkUnavailableError
 from hcp.schemas import REC_SCHEMA
 from sinks.redis.layout import RedisKeys
@@ -49,7 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print the current decisions and summaries from Redis",
         description=__doc__,
     )
-    env_arg(parser, "--redis", env="HCP_REDIS_URL", default=DEFAULT_REDIS, help="Redis URL")
+    env_arg(
+        parser,
+        "--redis",
+        env="HCP_REDIS_URL",
+        default=DEFAULT_REDIS,
+        type=redis_url,
+        help="Redis URL",
+    )
     env_arg(
         parser,
         "--redis-prefix",
