@@ -14,8 +14,9 @@ from typing import TextIO
 
 import redis
 
-from hcp.config import DEFAULT_REDIS, env_arg, non_negative_int, redis_url
+from hcp.config import env_arg, non_negative_int
 from hcp.errors import SinkUnavailableError
+from hcp.settings import add_settings
 
 __all__ = ["fetch_workloads", "register", "render"]
 
@@ -30,10 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    env_arg(parser, "--redis", env="HCP_REDIS_URL", default=DEFAULT_REDIS, type=redis_url,
-            help="Redis URL")
-    env_arg(parser, "--redis-prefix", env="HCP_REDIS_PREFIX", default="hcp:",
-            help="prefix of every HCP key in Redis")
+    add_settings(parser, "redis", "redis_prefix")
     env_arg(parser, "--limit", env="HCP_WORKLOADS_LIMIT", default=50, type=non_negative_int,
             help="rows shown per table, 0 for all (as in `hcp recommendations`)")
     parser.set_defaults(func=_run)
