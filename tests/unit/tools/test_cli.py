@@ -37,7 +37,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("hcp ")
 
 
-@pytest.mark.parametrize("command", ["recommendations", "workloads", "history", "broker", "run", "db"])
+@pytest.mark.parametrize(
+    "command", ["recommendations", "workloads", "history", "broker", "run", "db"]
+)
 def test_help_has_no_rst_literals(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main([command, "--help"])
