@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +29,7 @@ from generators.simulation import SimConfig
 from hcp.errors import HcpError, SinkUnavailableError
 from hcp.settings import add_settings, default
 from hcp.topics import Topics
-from tools.broker import EmbeddedBroker
+from tools.broker import EmbeddedBroker, free_port
 
 __all__ = ["register"]
 
@@ -121,6 +122,7 @@ def _play(
     gen.start()
     _wait_for_topics(bootstrap, topics, failure)
     env = dict(os.environ)
+    metrics_port = _metrics_port()
     job = subprocess.Popen(
         [
             sys.executable,
@@ -142,11 +144,13 @@ def _play(
             "--lateness-s",
             "2",
             "--metrics-port",
-            "9464",
+            str(metrics_port),
         ],
         env=env,
     )
-    print("streaming job started (metrics on http://127.0.0.1:9464/metrics)", flush=True)
+    print(
+        f"streaming job started (metrics on http://127.0.0.1:{metrics_port}/metrics)", flush=True
+    )
     last_view = ""
     deadline = time.monotonic() + args.duration / args.speed + 45
     try:
@@ -181,6 +185,16 @@ def _play(
         flush=True,
     )
     return 0 if job.returncode == 0 else 1
+
+
+def _metrics_port(preferred: int = 9464) -> int:
+    """The usual /metrics port, or a free one: `hcp run` refuses a port it cannot bind."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
 
 
 def _wait_for_topics(bootstrap: str, topics: Topics, failure: list[BaseException]) -> None:

@@ -71,6 +71,7 @@ def _lines(f: dict[str, Path], redis_url: str) -> list[tuple[str, list[str], int
         ("recs-bad-db", ["recommendations", "--redis", bad_db], USAGE),
         ("workloads-bad-db", ["workloads", "--redis", bad_db], USAGE),
         ("run-not-a-url", ["run", "--once", "--no-pg", "--redis", "notaurl"], USAGE),
+        ("run-bad-db", ["run", "--once", "--no-pg", "--redis", bad_db], USAGE),
         ("run-port-70000", ["run", "--once", "--no-pg", "--no-redis", "--metrics-port",
                             "70000"], USAGE),
         ("generate-seed", ["generate", "--seed", "-1"], USAGE),
