@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from hcp.kafka_admin import ensure_topics, partition_counts
 from hcp.topics import Topics
 
 USAGE, RUNTIME = 2, 1
+Case = tuple[str, list[str], int, str]
 
 
 def hcp(*args: str, stdout: int | None = subprocess.DEVNULL, env: dict | None = None):
@@ -63,38 +65,53 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _lines(f: dict[str, Path], redis_url: str) -> list[tuple[str, list[str], int]]:
+@pytest.fixture(scope="module")
+def live(bootstrap: str, pg_dsn: str) -> list[str]:
+    """Flags naming services that work, so each line fails for its own reason only."""
+    topics = Topics(f"t{uuid.uuid4().hex[:10]}.")
+    ensure_topics(bootstrap, topics.all(), partitions=1)
+    assert hcp("db", "init", "--pg", pg_dsn).returncode == 0
+    return ["--bootstrap", bootstrap, "--topic-prefix", topics.prefix, "--pg", pg_dsn]
+
+
+def _lines(f: dict[str, Path], redis_url: str, live: list[str]) -> list[Case]:
+    """(name, argv, exit code, a phrase the one line must contain)."""
     bad_db = redis_url.rsplit("/", 1)[0] + "/99"
     plain = str(f["plain"])
+    kafka, pg = live[:4], live[4:]
+    job = ["run", *live, "--no-redis", "--metrics-port", "0"]
     return [
-        ("recs-not-a-url", ["recommendations", "--redis", "notaurl"], USAGE),
-        ("recs-bad-db", ["recommendations", "--redis", bad_db], USAGE),
-        ("workloads-bad-db", ["workloads", "--redis", bad_db], USAGE),
-        ("run-not-a-url", ["run", "--once", "--no-pg", "--redis", "notaurl"], USAGE),
-        ("run-bad-db", ["run", "--once", "--no-pg", "--redis", bad_db], USAGE),
-        ("run-port-70000", ["run", "--once", "--no-pg", "--no-redis", "--metrics-port",
-                            "70000"], USAGE),
-        ("generate-seed", ["generate", "--seed", "-1"], USAGE),
-        ("generate-latin1", ["generate", "--scenario", str(f["latin"])], USAGE),
-        ("recovery-on-file", ["run", "--no-pg", "--no-redis", "--recovery-dir", plain], RUNTIME),
-        ("recovery-under-file", ["run", "--no-pg", "--no-redis", "--recovery-dir",
-                                 plain + "/sub"], RUNTIME),
-        ("recovery-under-proc", ["run", "--no-pg", "--no-redis", "--recovery-dir",
-                                 "/proc/hcp-recovery"], RUNTIME),
-        ("recovery-corrupt", ["run", "--no-pg", "--no-redis", "--recovery-dir",
-                              str(f["corrupt"])], RUNTIME),
-        ("history-export", ["history", "--export", "/nonexistent-dir/out.csv"], USAGE),
-        ("replay-file", ["replay", "--in", plain], USAGE),
-        ("replay-missing-parquet", ["replay", "--in", str(f["missing"])], USAGE),
-        ("replay-garbage-parquet", ["replay", "--in", str(f["garbage"])], USAGE),
-        ("record-out-file", ["record", "--out", plain], USAGE),
-        ("log-level-loud", ["--log-level", "LOUD", "workloads"], USAGE),
-        ("log-level-loud-after", ["workloads", "--log-level", "LOUD"], USAGE),
+        ("recs-not-a-url", ["recommendations", "--redis", "notaurl"], USAGE, "not a Redis URL"),
+        ("recs-bad-db", ["recommendations", "--redis", bad_db], USAGE, "DB index is out of"),
+        ("workloads-bad-db", ["workloads", "--redis", bad_db], USAGE, "DB index is out of"),
+        ("run-not-a-url", ["run", *live, "--once", "--redis", "notaurl"], USAGE,
+         "not a Redis URL"),
+        ("run-bad-db", ["run", *live, "--once", "--redis", bad_db], USAGE, "DB index is out of"),
+        ("run-port-70000", ["run", *live, "--once", "--no-redis", "--metrics-port", "70000"],
+         USAGE, "--metrics-port"),
+        ("generate-seed", ["generate", *kafka, "--seed", "-1"], USAGE, "--seed"),
+        ("generate-latin1", ["generate", *kafka, "--scenario", str(f["latin"])], USAGE, "UTF-8"),
+        ("recovery-on-file", [*job, "--recovery-dir", plain], RUNTIME, "is a file"),
+        ("recovery-under-file", [*job, "--recovery-dir", plain + "/sub"], RUNTIME,
+         "Not a directory"),
+        ("recovery-under-proc", [*job, "--recovery-dir", "/proc/hcp-recovery"], RUNTIME,
+         "--recovery-dir /proc/hcp-recovery"),
+        ("recovery-corrupt", [*job, "--recovery-dir", str(f["corrupt"])], RUNTIME, "corrupt"),
+        ("history-export", ["history", *pg, "--export", "/nonexistent-dir/out.csv"], USAGE,
+         "/nonexistent-dir"),
+        ("replay-file", ["replay", *kafka, "--in", plain], USAGE, "not a recording directory"),
+        ("replay-missing-parquet", ["replay", *kafka, "--in", str(f["missing"])], USAGE,
+         "is missing"),
+        ("replay-garbage-parquet", ["replay", *kafka, "--in", str(f["garbage"])], USAGE,
+         "not a readable Parquet file"),
+        ("record-out-file", ["record", *kafka, "--out", plain], USAGE, "is a file"),
+        ("log-level-loud", ["--log-level", "LOUD", "workloads"], USAGE, "--log-level"),
+        ("log-level-loud-after", ["workloads", "--log-level", "LOUD"], USAGE, "--log-level"),
     ]
 
 
-CASES = [name for name, _, _ in _lines(dict.fromkeys(
-    ("plain", "latin", "corrupt", "garbage", "missing"), Path("/x")), "redis://h/0")]
+CASES = [c[0] for c in _lines(dict.fromkeys(
+    ("plain", "latin", "corrupt", "garbage", "missing"), Path("/x")), "redis://h/0", [""] * 6)]
 # The job's lines run in a child process: Bytewax, signal handlers and logging are set up
 # as for a user. The others run through tools.cli.main here, where any exception escaping
 # (what a user would see as a traceback) fails the test; that keeps the suite quick.
@@ -103,11 +120,15 @@ IN_CHILD = {name for name in CASES if name.startswith(("run-", "recovery-"))}
 
 @pytest.mark.parametrize("case", CASES)
 def test_one_line_and_exit_code(
-    case: str, files: dict[str, Path], redis_url: str, capsys: pytest.CaptureFixture[str]
+    case: str,
+    files: dict[str, Path],
+    redis_url: str,
+    live: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from tools.cli import main
 
-    _, argv, expected = next(c for c in _lines(files, redis_url) if c[0] == case)
+    _, argv, expected, phrase = next(c for c in _lines(files, redis_url, live) if c[0] == case)
     if case in IN_CHILD:
         done = hcp(*argv)
         returncode, stderr = done.returncode, done.stderr
@@ -120,7 +141,7 @@ def test_one_line_and_exit_code(
     lines = stderr.splitlines()
     assert "Traceback" not in stderr, stderr
     assert len(lines) == 1, stderr
-    assert lines[0].startswith("hcp"), lines
+    assert lines[0].startswith("hcp") and phrase in lines[0], lines
     assert returncode == expected, stderr
 
 
