@@ -102,6 +102,26 @@ def consumer_config(bootstrap: str) -> dict[str, object]:
     }
 
 
+def _lag(stats: dict, start: int) -> int | None:
+    """Messages between this consumer's position and the partition end, from librdkafka stats.
+
+    librdkafka's own ``consumer_lag`` counts from the *committed* offset, and the job never
+    commits (its offsets live in Bytewax snapshots), so that field is always -1. The lag
+    from the stored offset (the position, stored as messages are consumed) is the one that
+    means "behind"; before the first message the position is the start offset.
+    """
+    lag = stats.get("consumer_lag_stored", -1)
+    if lag >= 0:
+        return int(lag)
+    end = stats.get("ls_offset", -1)
+    if end < 0:
+        end = stats.get("hi_offset", -1)
+    if end < 0 or stats.get("app_offset", -1) >= 0:
+        return None
+    first = start if start >= 0 else stats.get("lo_offset", -1)
+    return max(end - first, 0) if first >= 0 else None
+
+
 class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
     def __init__(
         self,
@@ -155,8 +175,8 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
                 if b.get("nodeid", -1) >= 0
             )
         )
-        lag = stats.get("consumer_lag", -1)
-        if lag >= 0:
+        lag = _lag(stats, self._offset)
+        if lag is not None:
             metrics.CONSUMER_LAG.labels(self._topic, str(self._partition)).set(lag)
 
     def _on_error(self, err: KafkaError) -> None:
