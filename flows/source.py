@@ -160,6 +160,9 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         conf["error_cb"] = self._on_error
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, partition, self._offset)])
+        # Zero from the start: "no errors" is then a sample, not a missing series.
+        metrics.SOURCE_ERRORS.labels(topic)
+        metrics.EVENTS_IN.labels(topic)
 
     def _on_stats(self, stats_json: str) -> None:
         try:
