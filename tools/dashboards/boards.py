@@ -241,10 +241,14 @@ def economic_optimization() -> Dashboard:
                  AS finished
         FROM workload_events WHERE $__timeFilter(ts)
         GROUP BY 1 ORDER BY 1"""))
-    g.add(table("Workloads still waiting (latest state queued)", """
-        SELECT DISTINCT ON (workload_id) workload_id, priority, ts AS since, reason
-        FROM workload_events WHERE $__timeFilter(ts)
-        ORDER BY workload_id, ts DESC""", "Each workload's latest transition in the range."))
+    g.add(table("Workloads by latest state (queued first)", """
+        SELECT * FROM (
+            SELECT DISTINCT ON (workload_id) workload_id, to_state AS state, priority,
+                   ts AS since, site, reason
+            FROM workload_events WHERE $__timeFilter(ts)
+            ORDER BY workload_id, ts DESC) latest
+        ORDER BY state = 'queued' DESC, since""",
+        "Each workload's latest transition in the range; queued ones show why (reason)."))
     return board("hcp-economics", "HCP / Economic Optimization",
                  "What the optimizer decided and why, power against caps, what it saved, "
                  "and where the AI work went.", g)
