@@ -44,7 +44,6 @@ __all__ = [
     "SINK_ROWS",
     "SINK_WRITE_SECONDS",
     "TAG_TABLES",
-    "InjectedFaultError",
     "PgWriter",
     "PostgresSink",
 ]
@@ -62,10 +61,6 @@ TAG_TABLES: dict[str, str] = {
 }
 # Raw telemetry is by far the largest stream; --no-raw style deployments skip it.
 RAW_TAGS = frozenset({Out.GPU_RAW, Out.ASIC_RAW})
-
-
-class InjectedFaultError(RuntimeError):
-    """Raised by the ``fail_on_batch`` test hook before a batch commits."""
 
 
 @dataclass
@@ -98,9 +93,10 @@ class PostgresSink(DynamicSink):
 
     Every worker writes its own batches (``DynamicSink``); each batch is one transaction
     of idempotent upserts, so replays after a restart never duplicate rows. Failures are
-    retried forever by default (``give_up_after_s`` to raise instead). ``fail_on_batch=N``
-    makes the first commit attempt of the N-th non-empty batch raise, for fault tests;
-    ``before_commit(batch_number)`` is the general form of that hook.
+    retried forever by default (``give_up_after_s`` to raise instead).
+    ``before_commit(batch_number)`` runs inside each transaction once its rows are written;
+    a ``psycopg.Error`` it raises aborts the batch, which is then retried like a lost
+    connection (the fault tests use it to crash between write and commit).
     """
 
     def __init__(
@@ -115,14 +111,8 @@ class PostgresSink(DynamicSink):
         backoff_max_s: float = 5.0,
         give_up_after_s: float | None = None,
         connect_timeout_s: int = 5,
-        fail_on_batch: int | None = None,
         before_commit: Callable[[int], None] | None = None,
     ) -> None:
-        if fail_on_batch is not None and before_commit is not None:
-            msg = "pass fail_on_batch or before_commit, not both"
-            raise ValueError(msg)
-        if fail_on_batch is not None:
-            before_commit = _fail_once_on(fail_on_batch)
         self._config = _Config(
             dsn=dsn,
             store_raw=store_raw,
@@ -140,22 +130,9 @@ class PostgresSink(DynamicSink):
         return _PostgresSinkPartition(self._config, f"{step_id}[{worker_index}]")
 
 
-def _fail_once_on(batch_number: int) -> Callable[[int], None]:
-    fired = False
-
-    def hook(batch: int) -> None:
-        nonlocal fired
-        if batch == batch_number and not fired:
-            fired = True
-            msg = f"injected failure before committing batch {batch}"
-            raise InjectedFaultError(msg)
-
-    return hook
-
-
 # Worth retrying: connection loss, a rejected batch, a schema not created yet. Anything
 # else (a frame without its key columns) is a bug that retrying cannot fix.
-_RETRYABLE = (psycopg.Error, OSError, LookupError, SinkUnavailableError, InjectedFaultError)
+_RETRYABLE = (psycopg.Error, OSError, LookupError, SinkUnavailableError)
 
 
 class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):

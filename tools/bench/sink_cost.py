@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (label, flags) in enumerate(VARIANTS):
             with fresh_database(args.pg, "sinkcost") as dsn:
                 prefix = f"sinkcost-{uuid.uuid4().hex[:6]}:"
-                cmd = [sys.executable, "-m", "hcp", "run", "--once", "--no-raw",
+                cmd = [sys.executable, "-m", "tools", "run", "--once", "--no-raw",
                        "--bootstrap", broker.bootstrap, "--topic-prefix", topics.prefix,
                        "--redis", args.redis, "--redis-prefix", prefix, "--pg", dsn,
                        "--metrics-port", "0", *flags]
