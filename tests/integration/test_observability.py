@@ -37,7 +37,7 @@ from tests.support.flowkit import make_topics, produce
 from tests.support.generator_helpers import read_topic
 from tests.support.promkit import PromServer, expand_sql_macros, prometheus_server
 from tools.broker import free_port
-from tools.dashboards import render_all
+from tools.dashboards import render_all, render_pictures
 
 ROOT = Path(__file__).resolve().parents[2]
 BOARDS = ROOT / "deploy" / "grafana" / "dashboards"
@@ -252,3 +252,6 @@ def test_committed_dashboards_equal_the_generated_ones() -> None:
     assert sorted(rendered) == sorted(p.name for p in BOARDS.glob("*.json"))
     for name, text in rendered.items():
         assert (BOARDS / name).read_text() == text, f"{name}: run python -m tools.dashboards"
+    for name, svg in render_pictures(rendered).items():
+        picture = ROOT / "docs" / "dashboards" / name
+        assert picture.read_text() == svg, f"{name}: run python -m tools.dashboards"

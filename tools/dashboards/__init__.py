@@ -14,8 +14,9 @@ import json
 from grafanalib._gen import DashboardEncoder
 
 from tools.dashboards.boards import BOARDS
+from tools.dashboards.picture import layout_svg
 
-__all__ = ["render_all"]
+__all__ = ["render_all", "render_pictures"]
 
 
 def render_all() -> dict[str, str]:
@@ -26,3 +27,11 @@ def render_all() -> dict[str, str]:
         text = json.dumps(data, cls=DashboardEncoder, sort_keys=True, indent=2)
         out[f"{name}.json"] = text + "\n"
     return out
+
+
+def render_pictures(rendered: dict[str, str]) -> dict[str, str]:
+    """File name -> SVG layout picture, for every rendered dashboard JSON."""
+    return {
+        name.removesuffix(".json") + ".svg": layout_svg(json.loads(text))
+        for name, text in rendered.items()
+    }
