@@ -70,13 +70,13 @@ def test_prometheus_and_alertmanager_configs_are_valid() -> None:
     _run(_tool("amtool"), "check-config", DEPLOY / "alertmanager" / "alertmanager.yml")
 
 
-@pytest.mark.parametrize("broken", ["up{job=\"hcp-job\"} == 1"])
+@pytest.mark.parametrize("broken", ['up{job="hcp-job"} == 1'])
 def test_rule_tests_catch_a_broken_rule(tmp_path: Path, broken: str) -> None:
     """The unit tests are not vacuous: the job-down rule inverted makes them fail."""
     rules = (DEPLOY / "prometheus" / "rules" / "hcp.yml").read_text()
     (tmp_path / "rules").mkdir()
     (tmp_path / "tests").mkdir()
-    (tmp_path / "rules" / "hcp.yml").write_text(rules.replace('up{job="hcp-job"} == 0', broken))
+    (tmp_path / "rules" / "hcp.yml").write_text(rules.replace('up{job="hcp-job"} == 0', broken, 1))
     tests = (DEPLOY / "prometheus" / "tests" / "hcp_test.yml").read_text()
     (tmp_path / "tests" / "hcp_test.yml").write_text(tests)
     done = subprocess.run(
