@@ -15,6 +15,8 @@ from collections import Counter as _Tally
 import polars as pl
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from hcp.errors import ConfigError, HcpError
+
 __all__ = ["configure", "count_bad_input", "observe_window", "serve_once", "set_prices"]
 
 log = logging.getLogger(__name__)
@@ -111,8 +113,20 @@ _RUNNING = ("mine", "serve", "offer")
 _STATE: dict[str, object] = {"port": 0, "host": "127.0.0.1", "started": False}
 
 
-def configure(port: int, host: str = "127.0.0.1") -> None:
-    """Set the /metrics address; port 0 turns the endpoint off."""
+def configure(port: int, host: str = "127.0.0.1", *, serve_now: bool = False) -> None:
+    """Set the /metrics address; port 0 turns the endpoint off.
+
+    With ``serve_now`` the endpoint starts here and a port that cannot be bound raises
+    :class:`~hcp.errors.HcpError`: ``hcp run`` was asked for that port, so running without
+    it would hide the job from its monitoring. Without it (``bytewax.run``, where every
+    process of a host reads the same port setting) the first worker starts it lazily and
+    a busy port is only a warning.
+    """
+    if not 0 <= port <= 65535:
+        msg = f"--metrics-port must be a TCP port in 0..65535 (0 turns /metrics off), got {port}"
+        raise ConfigError(msg)
+    if _STATE["started"] and (_STATE["port"], _STATE["host"]) == (port, host):
+        return  # this process already serves exactly that address
     _STATE["port"] = port
     _STATE["host"] = host
     # Known label values start at zero, so "none yet" is a sample a dashboard can show
@@ -121,16 +135,30 @@ def configure(port: int, host: str = "127.0.0.1") -> None:
         LATE_EVENTS.labels(kind)
     for device_type in ("gpu", "asic"):
         WINDOWS_CLOSED.labels(device_type)
+    if serve_now and port:
+        try:
+            _start()
+        except OSError as exc:
+            msg = (
+                f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}; choose another "
+                f"--metrics-port (HCP_METRICS_PORT), or 0 to turn the endpoint off"
+            )
+            raise HcpError(msg) from None
+
+
+def _start() -> None:
+    start_http_server(int(_STATE["port"]), addr=str(_STATE["host"]))
+    _STATE["started"] = True
+    log.info("metrics on http://%s:%d/metrics", _STATE["host"], _STATE["port"])
 
 
 def serve_once() -> None:
     """Start the /metrics endpoint the first time a worker in this process needs it."""
     if _STATE["started"] or not _STATE["port"]:
         return
-    _STATE["started"] = True
+    _STATE["started"] = True  # claimed before trying: one attempt per process, not per worker
     try:
-        start_http_server(int(_STATE["port"]), addr=str(_STATE["host"]))
-        log.info("metrics on http://%s:%d/metrics", _STATE["host"], _STATE["port"])
+        _start()
     except OSError as exc:
         log.warning("metrics endpoint not started on port %s: %s", _STATE["port"], exc)
 
