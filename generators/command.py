@@ -42,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_settings(
-        parser, "seed", "gpus", "asics", "sites", "duration", "speed", "workload_rate", "scenario"
+        parser,
+        "seed", "gpus", "asics", "sites", "duration", "speed", "workload_rate", "scenario",
+        helps={"seed": "with --start it also names the run's workload ids (wl-TAG-N)"},
     )
     sim = parser.add_argument_group("simulation")
     env_arg(
@@ -124,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
             ).validate()
         except ValueError as exc:
             raise ConfigError(f"--{exc}") from None
-    scenario = load_scenario(args.scenario, start_ms, sites) if args.scenario else None
+    scenario = (
+        load_scenario(args.scenario, start_ms, sites, args.duration) if args.scenario else None
+    )
     config = SimConfig(
         seed=args.seed,
         gpus=args.gpus,
