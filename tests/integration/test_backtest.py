@@ -123,5 +123,5 @@ def test_cli_writes_table_json_and_chart(
     ]
     assert out.with_suffix(".png").stat().st_size > 1000
     bad = _policy(tmp_path, "typo", dwel_s=0)
-    assert main(["backtest", str(recording), "--policy", str(bad), "--out", str(out)]) == 1
+    assert main(["backtest", str(recording), "--policy", str(bad), "--out", str(out)]) == 2
     assert "unknown setting(s) dwel_s" in capsys.readouterr().err
