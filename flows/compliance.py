@@ -135,7 +135,8 @@ class ComplianceLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             .otherwise(None)
             .alias("compliant"),
         )
-        df = df.with_columns(
+        was_flagged = pl.col("misses").fill_null(0) >= self.cfg.flag_windows
+        df = df.with_columns(was_flagged.alias("was_flagged")).with_columns(
             pl.when(pl.col("compliant").is_null())
             .then(pl.col("misses").fill_null(0))
             .when(pl.col("compliant"))
@@ -166,6 +167,8 @@ class ComplianceLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             .otherwise(0.0)
             .alias("savings_usd"),
         ).with_columns((pl.col("misses") >= self.cfg.flag_windows).alias("flagged"))
+        # Back in step this window: the Redis flagged set drops exactly these.
+        df = df.with_columns((pl.col("was_flagged") & ~pl.col("flagged")).alias("cleared"))
         per_device = df.select(
             "device_id",
             "device_type",
@@ -177,6 +180,7 @@ class ComplianceLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             "compliant",
             "misses",
             "flagged",
+            "cleared",
             "commanded_power_w",
             pl.col("power_w").alias("observed_power_w"),
             "planned_net_usd_hr",

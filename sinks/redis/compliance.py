@@ -4,7 +4,7 @@
   observed kW, devices out of step, flagged devices, savings, planned and actual net);
   written only when not older than what is there, so replays never move it back.
 - ``{prefix}noncompliant`` hash: device id -> consecutive windows out of step, for every
-  device flagged in its latest window; a device back in step is removed. The window it
+  device flagged in its latest window; a device back in step (``cleared``) is removed. The window it
   reflects is in ``{prefix}noncompliant:window_end``; an older (replayed) window is skipped.
 
 A site has a handful of rows per window, and flagged devices are few, so plain
@@ -78,7 +78,7 @@ def write_device_compliance(client: redis.Redis, keys: RedisKeys, df: pl.DataFra
     for wend in df["window_end"].unique().sort().to_list():
         window = df.filter(pl.col("window_end") == wend)
         flagged = window.filter(pl.col("flagged"))
-        back = window.filter(~pl.col("flagged"))["device_id"].to_list()
+        back = window.filter(pl.col("cleared"))["device_id"].to_list()
         pairs = [v for row in flagged.select("device_id", "misses").iter_rows() for v in row]
         args = [wend, flagged.height, *pairs, *back]
         applied += int(script(keys=[key, f"{key}:window_end"], args=args))

@@ -18,7 +18,9 @@ import psycopg
 import pytest
 import redis
 
+from flows.compliance import ComplianceConfig, ComplianceLogic, ComplianceState
 from hcp.commands import CommandReader
+from hcp.tags import Out
 from hcp.topics import Topics
 from sinks.postgres.schema import apply_migrations
 from sinks.postgres.writer import PgWriter
@@ -225,3 +227,36 @@ def test_compliance_lands_in_redis_and_postgres(
     assert n == 10 * 16
     assert flagged == 7  # windows [9, 10) .. [15, 16)
     assert sites == 3 * 16
+
+
+def test_a_device_back_in_step_leaves_the_flagged_set(redis_url: str, redis_prefix: str) -> None:
+    """Told to curtail, it mines for four judged windows (flagged), then obeys (cleared)."""
+    logic = ComplianceLogic(ComplianceConfig(window_ms=MIN, grace_ms=MIN, flag_windows=3),
+                            ComplianceState())
+
+    def window(w: int, action: str, power_w: float) -> list[tuple]:
+        start = T0 + w * MIN
+        base = {"device_id": "asic-1", "device_type": "asic", "site": "site-01",
+                "window_start": start, "window_end": start + MIN}
+        recs = pl.DataFrame([{**base, "action": action, "reason": "unprofitable",
+                              "revenue_usd_hr": 0.4, "cost_usd_hr": 7.0, "net_usd_hr": -6.6,
+                              "expected_revenue_usd_hr": 0.4, "expected_cost_usd_hr": 7.0,
+                              "expected_net_usd_hr": -6.6, "expected_power_w": 3500.0}])
+        wins = pl.DataFrame([{**base, "power_w": power_w}])
+        return logic.on_batch([(Out.WINDOWS, wins), (Out.RECS, recs)])[0]
+
+    out = [window(0, "curtail", 3500.0)]  # the command: curtail from minute 1
+    out += [window(w, "curtail", 3500.0) for w in range(1, 6)]  # judged from minute 2
+    out += [window(6, "curtail", 20.0)]
+    rows = pl.concat([df for items in out for tag, df in items if tag == Out.COMPLIANCE])
+    assert rows["misses"].to_list() == [0, 0, 1, 2, 3, 4, 0]
+    assert rows["cleared"].to_list() == [False] * 6 + [True]
+    writer = RedisWriter(redis_url, prefix=redis_prefix)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        writer.write_batch([item for items in out[:6] for item in items])
+        assert client.hgetall(f"{redis_prefix}noncompliant") == {"asic-1": "4"}
+        writer.write_batch(out[6])
+        assert client.hgetall(f"{redis_prefix}noncompliant") == {}
+    finally:
+        writer.close()
