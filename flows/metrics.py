@@ -33,6 +33,15 @@ CONSUMER_LAG = Gauge(
 PRICE = Gauge("hcp_price", "Latest price per key (kind or kind:scope)", ["key"])
 WATERMARK = Gauge("hcp_watermark_ms", "Event-time watermark of the fleet stage")
 DLQ_WRITTEN = Counter("hcp_dlq_written_total", "Dead letters written to the DLQ topic")
+# The workload router (flows/router/router.py, docs/workloads.md).
+GPUS_CORDONED = Gauge(
+    "hcp_gpus_cordoned", "GPUs the router cordoned (they never started assigned work)", ["site"]
+)
+WORKLOADS_QUEUED = Gauge("hcp_workloads_queued", "Workloads waiting in the router queue")
+WORKLOAD_OLDEST_QUEUED_AGE = Gauge(
+    "hcp_workload_oldest_queued_age_seconds",
+    "Event-time age of the oldest queued workload (0 when none is queued)",
+)
 
 _STATE: dict[str, object] = {"port": 0, "host": "127.0.0.1", "started": False}
 

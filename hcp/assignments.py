@@ -6,9 +6,10 @@ The router writes one JSON message per decision, keyed by workload id::
      "site": "site-a", "est_duration_s": 600, "action": "assign"}
 
 Optional extra fields: ``mem_gb`` (per GPU) and ``priority``. ``action`` is ``assign``
-(run the workload on every listed GPU until ``ts + est_duration_s * 1000``) or
+(run the workload on every listed GPU until ``ts + est_duration_s * 1000``),
 ``preempt`` (stop it on every listed GPU now; also used to cancel an assignment that never
-started). A GPU simulator closes the loop with
+started) or ``cancel`` (the workload was cancelled: stop it on every listed GPU now; a
+fleet treats it like ``preempt``). A GPU simulator closes the loop with
 :func:`apply_assignment` (one message) or :class:`AssignmentReader` (poll the topic), given
 a fleet object with ``assign(gpu_id, workload_id, until_ts_ms, mem_gb=None)`` and, for
 preemption, ``release(gpu_id)`` (``assign(gpu_id, None, ts)`` is used when it has no
@@ -39,7 +40,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("assign", "preempt")
+ACTIONS = ("assign", "preempt", "cancel")
 _REQUIRED = ("v", "ts", "workload_id", "gpu_ids", "site", "est_duration_s", "action")
 
 
@@ -92,6 +93,7 @@ def apply_assignment(fleet: Any, msg: dict[str, Any], now_ms: int | None = None)
             else:
                 fleet.assign(gpu, msg["workload_id"], until, mem_gb=float(mem))
         return
+    # preempt and cancel: stop the work now
     release = getattr(fleet, "release", None)
     for gpu in msg["gpu_ids"]:
         if release is not None:

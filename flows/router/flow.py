@@ -50,8 +50,9 @@ class RouterLogic(StatefulBatchLogic[tuple, tuple, bytes]):
 
     Items: ``("src", kind, input_id, rows, eof, idle)`` (a source fetch or heartbeat),
     ``("recs", df)`` (recommendations with ``window_end``) and ``("fleet_wm", wm)`` (the
-    fleet stage's closed-window boundary). Emits ``("workload_events", df)`` and
-    ``("assignments", [message, ...])``.
+    fleet stage's closed-window boundary). Emits ``("workload_events", df)``,
+    ``("assignments", [message, ...])`` and ``("gpu_health", df)`` (cordon changes,
+    ``hcp.schemas.GPU_HEALTH_SCHEMA``).
     """
 
     def __init__(self, clock: RouterClock) -> None:
@@ -89,6 +90,9 @@ class RouterLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             out.append(("workload_events", events))
         if msgs:
             out.append(("assignments", msgs))
+        health = self.clock.router.drain_health()
+        if health.height:
+            out.append(("gpu_health", health))
         return out
 
     def snapshot(self) -> bytes:
