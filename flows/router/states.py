@@ -94,6 +94,7 @@ class Workload:
     avoid: tuple[int, ...] = ()
     pending_reason: str = ""  # why it is not placed now (queued only)
     evaluated: bool = False  # checked once against the fleet for `unschedulable`
+    queued_ts: int = -1  # when it last entered the queue
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -123,6 +124,8 @@ class StateMachine:
             )
             return False
         w.state = to_state
+        if to_state == "queued":
+            w.queued_ts = int(ts)
         self._rows.append(
             (w.workload_id, int(ts), src, to_state, int(w.priority), gpu_ids, w.site, reason)
         )
@@ -135,9 +138,15 @@ class StateMachine:
         log.warning("invalid workload transition %s: %s -> %s", workload_id, from_state, to_state)
 
     def pending(self, w: Workload, ts: int, reason: str) -> None:
-        """Record a queued workload's new pending reason as a ``queued -> queued`` row."""
+        """Record a queued workload's new pending reason as a ``queued -> queued`` row.
+
+        A reason found in the round in which the workload (re-)entered the queue is
+        recorded 1 ms later, so its row never shares the (workload_id, ts, to_state) key of
+        the row that queued it (the PostgreSQL upsert key).
+        """
         w.pending_reason = reason
-        self._rows.append((w.workload_id, int(ts), "queued", "queued", int(w.priority), "",
+        ts = int(ts) + 1 if int(ts) <= w.queued_ts else int(ts)
+        self._rows.append((w.workload_id, ts, "queued", "queued", int(w.priority), "",
                            "", reason))
 
     def backlog(self) -> int:

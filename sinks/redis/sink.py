@@ -7,6 +7,7 @@
 - ``"prices"``: PRICE_ROW_SCHEMA rows -> the ``prices`` hash;
 - ``"workload_events"``: WORKLOAD_EVENT_SCHEMA rows -> ``workload:{id}`` hashes and the
   ``workloads`` stream (:mod:`sinks.redis.events`);
+- ``"gpu_health"``: GPU_HEALTH_SCHEMA rows (router cordons) -> the ``gpu:cordoned`` hash;
 - any other tag is ignored, so one output stream can feed several sinks.
 
 :class:`RedisSink` wraps it for Bytewax. Delivery: at-least-once from the dataflow,
@@ -29,7 +30,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from hcp.errors import SinkUnavailableError
 from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
-from sinks.redis.events import write_prices, write_workload_events
+from sinks.redis.events import write_gpu_health, write_prices, write_workload_events
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
 from sinks.redis.recs import HashCache, RecWriteStats, write_recs
@@ -148,11 +149,16 @@ class RedisWriter:
         )
         SINK_ROWS.labels(sink="redis", table="workload_events").inc(added)
 
+    def _write_gpu_health(self, df: pl.DataFrame) -> None:
+        write_gpu_health(self.client, self.keys, df)
+        SINK_ROWS.labels(sink="redis", table="gpu_cordoned").inc(df.height)
+
 
 _HANDLERS: dict[str, Any] = {
     "recs": RedisWriter._write_recs,
     "prices": RedisWriter._write_prices,
     "workload_events": RedisWriter._write_workload_events,
+    "gpu_health": RedisWriter._write_gpu_health,
 }
 
 
