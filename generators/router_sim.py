@@ -41,7 +41,6 @@ class SimFleet:
         self.completed: set[str] = set()
         self.unresponsive: set[str] = set()
         self.ignored: dict[str, int] = {}
-        self.cancelled: set[str] = set()
 
     # -- the fleet interface the assignment reader drives ---------------------------------
     def assign(
