@@ -9,6 +9,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
+from flows.decode import decode_values
 from flows.router.router import Router, RouterConfig
 from generators.router_sim import SimFleet
 from hcp.assignments import apply_assignment
@@ -16,7 +17,6 @@ from hcp.kafka_admin import ensure_topics
 from hcp.schemas import GPU_HEALTH_SCHEMA, WORKLOAD_FIELDS
 from hcp.topics import Topics
 from sinks.redis.sink import RedisWriter
-from flows.decode import decode_values
 from tools.cli import main
 
 T0 = 1_767_225_600_000
