@@ -36,6 +36,7 @@ class JobSettings:
     pool_fee: float = 0.0
     hysteresis: float = 0.05
     dwell_s: float = 600.0
+    assign_timeout_s: float = 120.0
     batch_size: int = 50_000
     linger_s: float = 0.1
     stream_maxlen: int = 1_000_000
@@ -75,6 +76,9 @@ class JobSettings:
             raise ConfigError(msg)
         if not 0 <= self.hysteresis < 1:
             msg = f"--hysteresis must be in [0, 1), got {self.hysteresis}"
+            raise ConfigError(msg)
+        if not self.assign_timeout_s > 0:
+            msg = f"--assign-timeout-s must be positive, got {self.assign_timeout_s}"
             raise ConfigError(msg)
         return self
 
@@ -155,6 +159,15 @@ def add_job_args(parser: argparse.ArgumentParser) -> None:
         default=600.0,
         type=non_negative_float,
         help="minimum event-time seconds between two ASIC switches",
+    )
+    env_arg(
+        g,
+        "--assign-timeout-s",
+        env="HCP_ASSIGN_TIMEOUT_S",
+        default=120.0,
+        type=non_negative_float,
+        help="event-time seconds a GPU has to start assigned work before the work is requeued "
+             "and the GPU backs off; keep it above the lag between the router and the fleet",
     )
     r = parser.add_argument_group("running")
     env_flag(

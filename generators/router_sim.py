@@ -55,8 +55,10 @@ class SimFleet:
         self.running[g] = workload_id
         self.until[g] = until_ts_ms
 
-    def release(self, gpu: str) -> None:
+    def release(self, gpu: str, workload_id: str | None = None) -> None:
         g = self.index[gpu]
+        if workload_id is not None and self.running[g] != workload_id:
+            return  # a late stop for the previous holder: the new work goes on
         self.running[g] = None
         self.until[g] = 0
 

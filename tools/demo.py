@@ -174,7 +174,7 @@ def _play(
         [
             sys.executable,
             "-m",
-            "hcp",
+            "tools",
             "run",
             "--bootstrap",
             bootstrap,
@@ -190,6 +190,10 @@ def _play(
             "3",
             "--lateness-s",
             "2",
+            # The router decides about a window plus the job's wall-clock lag (times the
+            # speed-up) behind the simulator, so give GPUs that long to start work.
+            "--assign-timeout-s",
+            str(_assign_timeout_s(args.speed)),
             "--metrics-port",
             "9464",
         ],
@@ -227,6 +231,11 @@ def _play(
         raise HcpError(f"simulators failed: {failure[0]}")
     print(f"demo finished; job exit code {job.returncode}. Try `hcp recommendations`.", flush=True)
     return 0 if job.returncode == 0 else 1
+
+
+def _assign_timeout_s(speed: float) -> float:
+    """120 s of event time plus 10 wall seconds of job lag at ``speed``."""
+    return 120.0 + 10.0 * (speed if speed != float("inf") else 60.0)
 
 
 def _wait_for_topics(bootstrap: str, topics: Topics, failure: list[BaseException]) -> None:

@@ -199,7 +199,8 @@ def build_router_flow(settings: Any, config: RouterConfig | None = None) -> Data
     batches = op.input("kafka", flow, source)
     if config is None:
         # Late means the same here as in the profitability flow: --lateness-s.
-        config = RouterConfig(lateness_ms=settings.lateness_ms)
+        config = RouterConfig(lateness_ms=settings.lateness_ms,
+                              assign_timeout_s=settings.assign_timeout_s)
     out = add_router_branch(batches, None, config, router_inputs(source))
     dlq = op.flat_map(
         "router_dlq", batches, lambda b: [("dlq", b.dlq)] if b.dlq.height else []

@@ -1,23 +1,28 @@
 """Why a queued workload is not placed now (SPEC section 3 ``pending_reason``).
 
-Evaluated after a routing round, on the GPUs still free for new work (idle with no
-workload, not down, not ``power_down``, not held by the router, not backing off or
-cordoned). The reason is the first constraint, in this order, under which no site has
-the ``gpus`` the request needs:
+Evaluated after a routing round. The reason is the first of these checks under which no
+site has the ``gpus`` the request needs:
 
-1. ``capacity``: not enough free GPUs on any site; ``gpus_unresponsive`` instead when
-   GPUs that are backing off or cordoned (they never started earlier work) would make up
-   the difference;
-2. ``memory``: free GPUs exist, but too few with ``mem_gb`` of free memory;
-3. ``temperature``: of those, too few below ``temp_max_c``;
-4. ``price_cap``: of those, too few whose model's spot price is known and at or below
-   ``max_price_usd_hr``;
-5. otherwise ``capacity`` (it lost the GPUs to work ahead of it in this round), or
+Against every *usable* GPU (known, not down, not recommended ``power_down``), busy or not,
+so the answer does not flip as work comes and goes:
+
+1. ``memory``: too few GPUs with ``mem_gb`` of memory in total;
+2. ``price_cap``: of those, too few whose model's spot price is known and at or below
+   ``max_price_usd_hr`` (it waits for the price, not for GPUs to free up).
+
+Against the GPUs free for new work now (idle with no workload, not held by the router,
+not backing off or cordoned):
+
+3. ``capacity``: too few free GPUs that fit (memory, price); ``gpus_unresponsive``
+   instead when GPUs that are backing off or cordoned (they never started earlier work)
+   would make up the difference;
+4. ``temperature``: enough fit, but too few of them below ``temp_max_c``;
+5. otherwise ``capacity`` (work ahead of it took the GPUs in this round), or
    ``gpus_unresponsive`` when the GPUs it would fit on are ones it avoids.
 
 The router sets ``starvation_guard`` itself for work held behind a guarded job.
-Vectorised over the queue: free GPUs are grouped by (site, model) with their free memory
-sorted, so a request's per-site counts are binary searches, not a scan of the fleet.
+Vectorised over the queue: GPUs are grouped by (site, model) with their memory sorted, so
+a request's per-site counts are binary searches, not a scan of the fleet.
 """
 
 from __future__ import annotations
@@ -37,11 +42,31 @@ PENDING_REASONS = (
 _CAPACITY, _UNRESPONSIVE, _MEMORY, _TEMPERATURE, _PRICE = range(5)
 
 
-def _site_max(counts: np.ndarray, group_site: np.ndarray, n_sites: int) -> np.ndarray:
-    """Per workload, the largest per-site total of ``counts`` (workloads x groups)."""
-    onehot = np.zeros((group_site.shape[0], max(1, n_sites)), dtype=np.float64)
-    onehot[np.arange(group_site.shape[0]), group_site] = 1.0
-    return (counts @ onehot).max(axis=1) if counts.shape[1] else np.zeros(counts.shape[0])
+def _fit_per_site(
+    mask: np.ndarray, mem: np.ndarray, need_mem: np.ndarray, max_price: np.ndarray,
+    spot: np.ndarray, site: np.ndarray, model: np.ndarray, n_sites: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per workload, the best site's count of ``mask`` GPUs with ``mem >= need_mem``, and
+    the same count among those whose price is within the workload's cap."""
+    nw = need_mem.shape[0]
+    g_idx = np.flatnonzero(mask)
+    if g_idx.size == 0:
+        return np.zeros(nw), np.zeros(nw)
+    keys = site[g_idx] * (int(model.max(initial=0)) + 1) + model[g_idx]
+    groups, inverse = np.unique(keys, return_inverse=True)
+    per_site_mem = np.zeros((nw, max(1, n_sites)))
+    per_site_price = np.zeros((nw, max(1, n_sites)))
+    no_cap = np.isnan(max_price)
+    for j in range(groups.shape[0]):
+        members = g_idx[inverse == j]
+        mems = np.sort(mem[members])
+        n = mems.size - np.searchsorted(mems, need_mem, side="left")
+        s = int(site[members[0]])
+        price = spot[members[0]]
+        ok = no_cap if np.isnan(price) else no_cap | (price <= max_price)
+        per_site_mem[:, s] += n
+        per_site_price[:, s] += n * ok
+    return per_site_mem.max(axis=1), per_site_price.max(axis=1)
 
 
 def pending_reasons(
@@ -49,8 +74,10 @@ def pending_reasons(
     need_mem: np.ndarray,
     max_price: np.ndarray,
     has_avoid: np.ndarray,
+    usable: np.ndarray,
     offer: np.ndarray,
     held_idle: np.ndarray,
+    mem_total: np.ndarray,
     mem_free: np.ndarray,
     temp: np.ndarray,
     spot: np.ndarray,
@@ -64,48 +91,17 @@ def pending_reasons(
     if nw == 0:
         return []
     k = need_gpus.astype(np.float64)
-    codes = np.full(nw, _CAPACITY, dtype=np.int64)
-    free_site = np.bincount(site[offer], minlength=n_sites)
-    most_free = free_site.max() if free_site.size else 0
-    with_held = np.bincount(site[offer | held_idle], minlength=n_sites)
-    most_with_held = with_held.max() if with_held.size else 0
-    short = k > most_free
-    codes[short & (k <= most_with_held)] = _UNRESPONSIVE
-    rest = np.flatnonzero(~short)
-    if rest.size:
-        g_idx = np.flatnonzero(offer)
-        keys = site[g_idx] * (int(model.max(initial=0)) + 1) + model[g_idx]
-        groups, inverse = np.unique(keys, return_inverse=True)
-        n_groups = groups.shape[0]
-        mem_r, k_r = need_mem[rest], k[rest]
-        cap_r = max_price[rest]
-        n_mem = np.zeros((rest.size, n_groups))
-        n_cool = np.zeros((rest.size, n_groups))
-        price_ok = np.zeros((rest.size, n_groups), dtype=np.bool_)
-        group_site = np.empty(n_groups, dtype=np.int64)
-        cool = temp < temp_max
-        for j in range(n_groups):
-            members = g_idx[inverse == j]
-            group_site[j] = site[members[0]]
-            mems = np.sort(mem_free[members])
-            n_mem[:, j] = mems.size - np.searchsorted(mems, mem_r, side="left")
-            cool_mems = np.sort(mem_free[members[cool[members]]])
-            n_cool[:, j] = cool_mems.size - np.searchsorted(cool_mems, mem_r, side="left")
-            s = spot[members[0]]
-            if not np.isnan(s):
-                price_ok[:, j] = np.isnan(cap_r) | (s <= cap_r)
-            else:
-                price_ok[:, j] = np.isnan(cap_r)
-        code_r = np.full(rest.size, _CAPACITY, dtype=np.int64)
-        by_mem = _site_max(n_mem, group_site, n_sites) < k_r
-        by_temp = _site_max(n_cool, group_site, n_sites) < k_r
-        by_price = _site_max(n_cool * price_ok, group_site, n_sites) < k_r
-        code_r[by_price] = _PRICE
-        code_r[by_temp] = _TEMPERATURE
-        code_r[by_mem] = _MEMORY
-        fits = ~(by_mem | by_temp | by_price)
-        code_r[fits & has_avoid[rest]] = _UNRESPONSIVE
-        codes[rest] = code_r
+    args = (spot, site, model, n_sites)
+    total_mem, total_price = _fit_per_site(usable, mem_total, need_mem, max_price, *args)
+    _, free_fit = _fit_per_site(offer, mem_free, need_mem, max_price, *args)
+    _, with_held = _fit_per_site(offer | held_idle, mem_free, need_mem, max_price, *args)
+    _, cool_fit = _fit_per_site(offer & (temp < temp_max), mem_free, need_mem, max_price, *args)
+    codes = np.where(has_avoid, _UNRESPONSIVE, _CAPACITY)
+    codes[cool_fit < k] = _TEMPERATURE
+    short = free_fit < k
+    codes[short] = np.where(with_held[short] >= k[short], _UNRESPONSIVE, _CAPACITY)
+    codes[total_price < k] = _PRICE
+    codes[total_mem < k] = _MEMORY
     return [PENDING_REASONS[c] for c in codes.tolist()]
 
 

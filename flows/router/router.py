@@ -427,8 +427,9 @@ class Router:
             np.fromiter((w.mem_gb for w in queued), np.float64, len(queued)),
             np.fromiter((w.max_price_usd_hr for w in queued), np.float64, len(queued)),
             np.fromiter((bool(w.avoid) for w in queued), np.bool_, len(queued)),
-            offer, held_idle, fleet.mem_free(), fleet.temp[:n], fleet.spot(), fleet.site[:n],
-            fleet.model[:n], len(fleet.sites), cfg.temp_max_c,
+            fleet.usable_mask(), offer, held_idle, fleet.mem_total[:n], fleet.mem_free(),
+            fleet.temp[:n], fleet.spot(), fleet.site[:n], fleet.model[:n], len(fleet.sites),
+            cfg.temp_max_c,
         )
         for w, reason in zip(queued, reasons, strict=True):
             if w.workload_id in held_back:

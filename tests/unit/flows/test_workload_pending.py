@@ -18,9 +18,10 @@ def reason(loop: Loop, wid: str) -> str:
 
 
 def test_capacity_memory_temperature_and_price_cap() -> None:
-    fleet = SimFleet(4, sites=("a",))
-    fleet.mem_total[:] = [80.0, 80.0, 40.0, 40.0]
+    fleet = SimFleet(5, sites=("a",))
+    fleet.mem_total[:] = [80.0, 80.0, 40.0, 40.0, 141.0]
     fleet.temp[:] = 50.0
+    fleet.down[4] = True  # the only GPU with more than 80 GB is down
     loop = Loop(fleet, urgent_priority=11)
     loop.router.on_prices(prices([{"ts": T0, "kind": "gpu_spot_usd_hr", "value": 3.0,
                                    "model": "H100-SXM"}]))
@@ -28,21 +29,27 @@ def test_capacity_memory_temperature_and_price_cap() -> None:
     loop.step(1, [{"workload_id": f"big-{i}", "mem_gb": 70.0, "est_duration_s": 3600}
                   for i in range(2)])
     loop.step(1, [{"workload_id": "needs-60", "mem_gb": 60.0},
+                  {"workload_id": "needs-120", "mem_gb": 120.0},
                   {"workload_id": "cheap", "mem_gb": 10.0, "max_price_usd_hr": 2.0},
                   {"workload_id": "three", "gpus": 3, "mem_gb": 10.0}])
-    assert loop.state("needs-60") == "queued" and reason(loop, "needs-60") == "memory"
+    # The GPUs that could hold it are busy: it waits for capacity.
+    assert loop.state("needs-60") == "queued" and reason(loop, "needs-60") == "capacity"
+    # Only a down GPU has the memory (not unschedulable: it may come back).
+    assert loop.state("needs-120") == "queued" and reason(loop, "needs-120") == "memory"
+    # Every GPU costs more than its cap, free or not: it waits for the price.
     assert loop.state("cheap") == "queued" and reason(loop, "cheap") == "price_cap"
-    assert reason(loop, "three") == "capacity"  # 2 free, it needs 3 (the site has 4)
+    assert reason(loop, "three") == "capacity"  # 2 free, it needs 3 (the site has 4 up)
     # The free GPUs run hot: a request that fits them otherwise waits for temperature.
-    fleet.temp[2:] = 90.0
+    fleet.temp[2:4] = 90.0
     loop.step(1, [{"workload_id": "hot", "mem_gb": 10.0}])
     assert reason(loop, "hot") == "temperature"
+    assert reason(loop, "cheap") == "price_cap"  # price comes first: it is not about heat
     # The reasons reach the event stream as queued -> queued rows.
     rows = loop.all_events().filter((pl.col("from_state") == "queued")
                                     & (pl.col("to_state") == "queued"))
     got = sorted(zip(rows["workload_id"].to_list(), rows["reason"].to_list(), strict=True))
-    assert got == [("cheap", "price_cap"), ("cheap", "temperature"),  # hot GPUs: checked first
-                   ("hot", "temperature"), ("needs-60", "memory"), ("three", "capacity")]
+    assert got == [("cheap", "price_cap"), ("hot", "temperature"), ("needs-120", "memory"),
+                   ("needs-60", "capacity"), ("three", "capacity")]
     # A change is recorded once, not every round.
     for _ in range(5):
         loop.step(1)
