@@ -137,6 +137,17 @@ def write_gpu_health(client: redis.Redis, keys: RedisKeys, df: pl.DataFrame) -> 
         else:
             pipe.hdel(keys.cordoned, gpu_id)
     pipe.execute()
+    # Each touched site's summary gets its cordoned count (n_offer still counts these GPUs
+    # when the profitability flow recommends `offer`: it runs upstream of the router).
+    per_site: dict[str, int] = dict.fromkeys(df["site"].unique().to_list(), 0)
+    for raw in client.hvals(keys.cordoned):
+        site = json.loads(raw).get("site")
+        if site in per_site:
+            per_site[site] += 1
+    pipe = client.pipeline(transaction=False)
+    for site, n in per_site.items():
+        pipe.hset(keys.site_summary(site), "n_cordoned", n)
+    pipe.execute()
     return df.height
 
 

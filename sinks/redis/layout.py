@@ -5,7 +5,8 @@ benchmarks can share one Redis without seeing each other:
 
 - ``{prefix}rec:{device_id}``        hash, the device's latest recommendation
 - ``{prefix}recommendations``        stream, every recommendation, id ``{window_end_ms}-{seq}``
-- ``{prefix}summary:site:{site}``    hash, totals of the site's latest window
+- ``{prefix}summary:site:{site}``    hash, totals of the site's latest window (and
+  ``n_cordoned``, the site's GPUs the router has cordoned now)
 - ``{prefix}summary:fleet``          hash, totals of the fleet's latest window
 - ``{prefix}summary:sites``          set of site names that have a summary
 - ``{prefix}prices``                 hash, ``key`` -> latest value, ``key:ts`` -> its event time

@@ -74,6 +74,7 @@ def test_workloads_table(redis_url: str, redis_prefix: str, capsys) -> None:
     cordoned = out.split("CORDONED GPUs")[1]
     assert cordoned.startswith(" (1,") and "gpu-00099" in cordoned and "unresponsive" in cordoned
     assert "gpu-00098" not in cordoned
+    assert client.hget(f"{redis_prefix}summary:site:north", "n_cordoned") == b"1"
 
 
 def test_empty_prefix_and_unreachable_redis(redis_url: str, redis_prefix: str, capsys) -> None:
