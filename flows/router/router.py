@@ -345,16 +345,21 @@ class Router:
         cfg, fleet = self.config, self.fleet
         ordered = list(self.queue.ordered())
         entries = [self.workloads[wid] for _, _, wid in ordered]
-        entries = self._fail_unschedulable(entries)
-        ordered = [(w.priority, w.submit_ts, w.workload_id) for w in entries]
+        kept = self._fail_unschedulable(entries)
+        if len(kept) != len(entries):
+            entries = kept
+            ordered = [(w.priority, w.submit_ts, w.workload_id) for w in entries]
         block = self._starvation_guard(ordered, entries)
         need_gpus = np.fromiter((w.gpus for w in entries), np.int64, len(entries))
         need_mem = np.fromiter((w.mem_gb for w in entries), np.float64, len(entries))
         max_price = np.fromiter((w.max_price_usd_hr for w in entries), np.float64, len(entries))
+        avoid_len = np.fromiter((len(w.avoid) for w in entries), np.int64, len(entries))
         avoid_ptr = np.zeros(len(entries) + 1, dtype=np.int64)
-        avoid_ptr[1:] = np.cumsum([len(w.avoid) for w in entries])
-        avoid_gpu = np.fromiter((g for w in entries for g in w.avoid), np.int64,
-                                int(avoid_ptr[-1]))
+        np.cumsum(avoid_len, out=avoid_ptr[1:])
+        avoid_gpu = np.fromiter(
+            (g for i in np.flatnonzero(avoid_len).tolist() for g in entries[i].avoid),
+            np.int64, int(avoid_ptr[-1]),
+        )
         n = len(fleet)
         score = fleet.scores(cfg.power_kw)
         order = gpu_order(score, fleet.rank())
@@ -385,7 +390,28 @@ class Router:
         held_back = (
             {w.workload_id for w in entries[int(guarded[0]) + 1 :]} if guarded.size else set()
         )
-        self._update_pending(held_back)
+        # Still queued: the unplaced entries (arrays reused) and any preemption victims.
+        left = np.flatnonzero(start < 0)
+        if unplaced_urgent:
+            left = left[[entries[i].state == "queued" for i in left.tolist()]]
+        queued = [entries[i] for i in left.tolist()]
+        if len(queued) != len(self.queue):
+            seen = {w.workload_id for w in queued}
+            extra = [self.workloads[wid] for _, _, wid in self.queue.ordered()
+                     if wid not in seen]
+            queued += extra
+            need_gpus = np.concatenate(
+                [need_gpus[left], np.array([w.gpus for w in extra], np.int64)])
+            need_mem = np.concatenate(
+                [need_mem[left], np.array([w.mem_gb for w in extra], np.float64)])
+            max_price = np.concatenate(
+                [max_price[left], np.array([w.max_price_usd_hr for w in extra], np.float64)])
+            has_avoid = np.concatenate(
+                [avoid_len[left] > 0, np.array([bool(w.avoid) for w in extra], np.bool_)])
+        else:
+            need_gpus, need_mem, max_price = need_gpus[left], need_mem[left], max_price[left]
+            has_avoid = avoid_len[left] > 0
+        self._update_pending(queued, need_gpus, need_mem, max_price, has_avoid, held_back)
         self._queue_metrics()
         return placed
 
@@ -413,20 +439,19 @@ class Router:
                 failed.add(w.workload_id)
         return [w for w in entries if w.workload_id not in failed] if failed else entries
 
-    def _update_pending(self, held_back: set[str]) -> None:
+    def _update_pending(
+        self, queued: list[Workload], need_gpus: np.ndarray, need_mem: np.ndarray,
+        max_price: np.ndarray, has_avoid: np.ndarray, held_back: set[str],
+    ) -> None:
         """Give every queued workload its pending reason; record the ones that changed."""
-        if not self.queue:
+        if not queued:
             return
         cfg, fleet = self.config, self.fleet
-        queued = [self.workloads[wid] for _, _, wid in self.queue.ordered()]
         n = len(fleet)
         offer = self._offerable()
         held_idle = fleet.free_mask() & fleet.held_mask(self.now)
         reasons = pending_reasons(
-            np.fromiter((w.gpus for w in queued), np.int64, len(queued)),
-            np.fromiter((w.mem_gb for w in queued), np.float64, len(queued)),
-            np.fromiter((w.max_price_usd_hr for w in queued), np.float64, len(queued)),
-            np.fromiter((bool(w.avoid) for w in queued), np.bool_, len(queued)),
+            need_gpus, need_mem, max_price, has_avoid,
             fleet.usable_mask(), offer, held_idle, fleet.mem_total[:n], fleet.mem_free(),
             fleet.temp[:n], fleet.spot(), fleet.site[:n], fleet.model[:n], len(fleet.sites),
             cfg.temp_max_c,
@@ -453,17 +478,24 @@ class Router:
         if guard is None:
             return block
         limit = int(guard * 1000)
+        submit = np.fromiter((e[1] for e in ordered), np.int64, len(ordered))
+        waited_long = np.flatnonzero(self.now - submit >= limit)
+        if waited_long.size == 0:
+            return block
         fleet = self.fleet
         n = len(fleet)
         usable = fleet.usable_mask() & ~fleet.held_mask(self.now)
-        for i, ((_, submit_ts, _), w) in enumerate(zip(ordered, entries, strict=True)):
-            if self.now - submit_ts < limit:
+        cannot: set[tuple[int, float]] = set()  # shapes already found not to fit
+        for i in waited_long.tolist():
+            w = entries[i]
+            if (w.gpus, w.mem_gb) in cannot:
                 continue
             fits = usable & (fleet.mem_total[:n] >= w.mem_gb)
             per_site = np.bincount(fleet.site[:n][fits], minlength=len(fleet.sites))
             if per_site.size and per_site.max() >= w.gpus:
                 block[i] = True
                 break  # one blocker is enough: nothing behind it is placed
+            cannot.add((w.gpus, w.mem_gb))
         return block
 
     def next_deadline(self) -> int | None:
