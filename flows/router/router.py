@@ -31,7 +31,7 @@ from prometheus_client import Counter, Gauge
 
 from flows.metrics import GPUS_CORDONED, WORKLOAD_OLDEST_QUEUED_AGE, WORKLOADS_QUEUED
 from flows.router.classify import classify
-from flows.router.fleet import FleetState
+from flows.router.fleet import GpuRoster
 from flows.router.kernels import (
     DEFAULT_POWER_KW,
     DEFAULT_TEMP_MAX_C,
@@ -83,7 +83,7 @@ class Router:
 
     def __init__(self, config: RouterConfig | None = None) -> None:
         self.config = config or RouterConfig()
-        self.fleet = FleetState()
+        self.fleet = GpuRoster()
         self.queue = AgingQueue()
         self.machine = StateMachine()
         self.workloads: dict[str, Workload] = {}

@@ -24,9 +24,10 @@ from typing import TextIO
 import redis
 from confluent_kafka import KafkaException, Producer
 
-from hcp.config import DEFAULT_REDIS, env_arg, non_negative_int, positive_int
+from hcp.config import env_arg, non_negative_int, positive_int
 from hcp.errors import BrokerUnreachableError, ConfigError, SinkUnavailableError
 from hcp.kafka_admin import partition_counts
+from hcp.settings import add_settings
 from hcp.topics import Topics
 from hcp.workload_requests import cancel_message, partition_for, request_key
 
@@ -39,13 +40,11 @@ ACTIVE_STATES = ("assigned", "running")
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "workloads",
-        help="show the workload queue by priority and the running work",
+        help="show the workload queue, the running work and cordoned GPUs; cancel a workload",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    env_arg(parser, "--redis", env="HCP_REDIS_URL", default=DEFAULT_REDIS, help="Redis URL")
-    env_arg(parser, "--redis-prefix", env="HCP_REDIS_PREFIX", default="hcp:",
-            help="prefix of every HCP key in Redis")
+    add_settings(parser, "redis", "redis_prefix")
     env_arg(parser, "--limit", env="HCP_WORKLOADS_LIMIT", default=50, type=positive_int,
             help="rows shown per table")
     parser.set_defaults(func=_run)
@@ -56,10 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write an `op: cancel` request for WORKLOAD_ID to the requests topic.",
     )
     cancel.add_argument("workload_id", metavar="WORKLOAD_ID", help="the workload to cancel")
-    env_arg(cancel, "--bootstrap", env="HCP_KAFKA_BOOTSTRAP", default="127.0.0.1:9092",
-            help="Kafka bootstrap servers, host:port[,host:port]")
-    env_arg(cancel, "--topic-prefix", env="HCP_TOPIC_PREFIX", default="hcp.",
-            help="prefix of every topic name (SPEC names use 'hcp.')")
+    add_settings(cancel, "bootstrap", "topic_prefix")
     env_arg(cancel, "--ts-ms", env="HCP_CANCEL_TS_MS", default=None, type=non_negative_int,
             help="event time of the cancel in ms (default: the newest workload update in "
                  "Redis, else the wall clock)")
