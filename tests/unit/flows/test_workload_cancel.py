@@ -109,3 +109,26 @@ def test_cancel_in_the_same_batch_as_its_submit() -> None:
     assert loop.state("x") == "cancelled"
     assert loop.router.machine.drain()["to_state"].to_list() == [
         "submitted", "queued", "cancelled"]
+
+
+def test_a_late_stop_for_the_previous_holder_does_not_end_new_work() -> None:
+    """preempt(victim) read after assign(urgent) on the same GPU: the urgent work goes on."""
+    import numpy as np
+
+    from generators.gpu_fleet import GpuFleet
+    from hcp.assignments import apply_assignment
+
+    def msg(action: str, wid: str) -> dict:
+        return {"v": 1, "ts": T0, "workload_id": wid, "gpu_ids": ["gpu-00001"],
+                "site": "a", "est_duration_s": 600, "action": action}
+
+    sim = SimFleet(2, sites=("a",))
+    gpus = GpuFleet(2, np.zeros(2, dtype=np.int64), np.random.default_rng(0), T0)
+    for fleet, running in ((sim, lambda: sim.running[1]),
+                           (gpus, lambda: gpus.workload[gpus.index_of("gpu-00001")])):
+        apply_assignment(fleet, msg("assign", "victim"))
+        apply_assignment(fleet, msg("assign", "urgent"))
+        apply_assignment(fleet, msg("preempt", "victim"))  # late, from another partition
+        assert running() == "urgent"
+        apply_assignment(fleet, msg("cancel", "urgent"))
+        assert running() is None
