@@ -24,7 +24,7 @@ from typing import TextIO
 import redis
 from confluent_kafka import KafkaException, Producer
 
-from hcp.config import env_arg, non_negative_int, positive_int
+from hcp.config import env_arg, non_negative_int
 from hcp.errors import BrokerUnreachableError, ConfigError, SinkUnavailableError
 from hcp.kafka_admin import partition_counts
 from hcp.settings import add_settings
@@ -45,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings(parser, "redis", "redis_prefix")
-    env_arg(parser, "--limit", env="HCP_WORKLOADS_LIMIT", default=50, type=positive_int,
-            help="rows shown per table")
+    env_arg(parser, "--limit", env="HCP_WORKLOADS_LIMIT", default=50, type=non_negative_int,
+            help="rows shown per table, 0 for all (as in `hcp recommendations`)")
     parser.set_defaults(func=_run)
     actions = parser.add_subparsers(dest="action", metavar="{cancel}")
     cancel = actions.add_parser(
@@ -140,7 +140,9 @@ def render(
     rows: list[dict[str, str]], out: TextIO, limit: int = 50,
     cordoned: dict[str, dict] | None = None,
 ) -> None:
-    """Write the summary line, the queue table, the running table and cordoned GPUs."""
+    """Write the summary line, the queue table, the running table and cordoned GPUs
+    (``limit`` rows per table, 0: all)."""
+    limit = limit or max(len(rows), len(cordoned or {}))
     now = max((_int(r, "updated_ts") for r in rows), default=0)
     counts: dict[str, int] = {}
     for r in rows:
@@ -197,9 +199,6 @@ def _run(args: argparse.Namespace) -> int:
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         msg = f"Redis at {args.redis} is unreachable ({exc}); set --redis or HCP_REDIS_URL"
         raise SinkUnavailableError(msg) from None
-    except ValueError as exc:  # a malformed URL
-        msg = f"bad Redis URL {args.redis!r}: {exc}"
-        raise ConfigError(msg) from None
     render(rows, sys.stdout, args.limit, cordoned)
     return 0
 
