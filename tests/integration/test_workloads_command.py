@@ -118,8 +118,8 @@ def test_cancel_writes_a_cancel_request(bootstrap: str, topics: Topics, capsys) 
     assert [m.key() for m in msgs] == [b"wl-7"]
     rows = decode_values([msgs[0].value()], WORKLOAD_FIELDS).rows
     assert rows.select("op", "workload_id", "ts").row(0) == ("cancel", "wl-7", T0)
-    # No such topic: a one-line error (exit 1, like every runtime error of the CLI).
+    # No such topic (a wrong --topic-prefix): a one-line configuration error, exit 2.
     code = main(["workloads", "cancel", "wl-7", "--bootstrap", bootstrap, "--topic-prefix",
                  "missing-prefix.", "--ts-ms", "1"])
     err = capsys.readouterr().err
-    assert code == 1 and "does not exist" in err and "Traceback" not in err
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
