@@ -149,9 +149,9 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     side = op.flat_map("side_outputs", batches, side_outputs)
     # The router places AI work on GPUs; it reads the recommendations so that GPUs told to
     # power down get no work (docs/workloads.md).
-    routed = add_router_branch(
-        batches, recs, RouterConfig(lateness_ms=settings.lateness_ms), router_inputs(source)
-    )
+    router_config = RouterConfig(lateness_ms=settings.lateness_ms,
+                                 assign_timeout_s=settings.assign_timeout_s)
+    routed = add_router_branch(batches, recs, router_config, router_inputs(source))
     everything = op.merge("outputs", recs, side, routed, control)
     op.output("dlq_out", everything, DlqSink(settings.bootstrap, topics.dlq))
     op.output("assignments_out", everything, AssignmentSink(settings.bootstrap, topics.assignments))

@@ -33,6 +33,7 @@ class JobSettings:
     max_price_age_s: float = default("max_price_age_s")
     compliance_grace_s: float = default("compliance_grace_s")
     compliance_windows: int = default("compliance_windows")
+    assign_timeout_s: float = default("assign_timeout_s")
     batch_size: int = default("batch_size")
     linger_s: float = default("linger_s")
     stream_maxlen: int = default("stream_maxlen")
@@ -81,6 +82,9 @@ class JobSettings:
         if not 0 <= self.hysteresis < 1:
             msg = f"--hysteresis must be in [0, 1), got {self.hysteresis}"
             raise ConfigError(msg)
+        if not self.assign_timeout_s > 0:
+            msg = f"--assign-timeout-s must be positive, got {self.assign_timeout_s}"
+            raise ConfigError(msg)
         return self
 
     @classmethod
@@ -106,9 +110,9 @@ JOB_SETTINGS = (
     "bootstrap", "redis", "pg", "redis_prefix", "topic_prefix", "partitions",
     "window_s", "lateness_s", "idle_timeout_s", "pool_fee", "hysteresis", "dwell_s",
     "max_price_age_s", "compliance_grace_s", "compliance_windows",
-    "once", "workers", "batch_size", "linger_s", "stream_maxlen", "metrics_port",
-    "metrics_host", "no_raw", "no_redis", "no_pg", "recovery_dir", "snapshot_interval_s",
-    "recovery_partitions",
+    "assign_timeout_s", "once", "workers", "batch_size", "linger_s", "stream_maxlen",
+    "metrics_port", "metrics_host", "no_raw", "no_redis", "no_pg", "recovery_dir",
+    "snapshot_interval_s", "recovery_partitions",
 )
 
 

@@ -97,6 +97,10 @@ SETTINGS: dict[str, Setting] = {
         Setting("ignore_share", "HCP_IGNORE_SHARE", 0.0,
                 "share of simulated devices (0-1, seeded) that ignore every fleet command",
                 non_negative_float, _CONTROL),
+        Setting("assign_timeout_s", "HCP_ASSIGN_TIMEOUT_S", 120.0,
+                "event-time seconds a GPU has to start assigned work before the work is "
+                "requeued and the GPU backs off; keep it above the lag between the router "
+                "and the fleet", non_negative_float, _TIME),
         # Running the job.
         Setting("once", "HCP_ONCE", False,
                 "process the topics up to their current ends, close every window, flush, exit",

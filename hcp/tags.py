@@ -27,3 +27,4 @@ class Out(StrEnum):
     COMMANDS = "commands"  # fleet commands: devices whose action changed (flows/compliance.py)
     COMPLIANCE = "compliance"  # per device and window: command vs observed, realised value
     SITE_COMPLIANCE = "site_compliance"  # per site and window: commanded vs observed kW
+    GPU_HEALTH = "gpu_health"  # the router's GPU cordon changes (GPU_HEALTH_SCHEMA)

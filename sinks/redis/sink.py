@@ -9,6 +9,8 @@
   ``workloads`` stream (:mod:`sinks.redis.events`);
 - ``"compliance"`` / ``"site_compliance"``: the control loop's rows -> the
   ``noncompliant`` hash and ``compliance:site:{site}`` hashes (:mod:`sinks.redis.compliance`);
+
+- ``"gpu_health"``: GPU_HEALTH_SCHEMA rows (router cordons) -> the ``gpu:cordoned`` hash;
 - any other tag is ignored, so one output stream can feed several sinks.
 
 :class:`RedisSink` wraps it for Bytewax. Delivery: at-least-once from the dataflow,
@@ -40,7 +42,7 @@ from sinks.metrics import (
     sink_started,
 )
 from sinks.redis.compliance import write_device_compliance, write_site_compliance
-from sinks.redis.events import write_prices, write_workload_events
+from sinks.redis.events import write_gpu_health, write_prices, write_workload_events
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
 from sinks.redis.recs import HashCache, RecWriteStats, write_recs
@@ -169,6 +171,10 @@ class RedisWriter:
         write_device_compliance(self.client, self.keys, df)
         SINK_ROWS.labels(sink="redis", table="device_compliance").inc(df.height)
 
+    def _write_gpu_health(self, df: pl.DataFrame) -> None:
+        write_gpu_health(self.client, self.keys, df)
+        SINK_ROWS.labels(sink="redis", table="gpu_cordoned").inc(df.height)
+
 
 _HANDLERS: dict[str, Any] = {
     Out.RECS: RedisWriter._write_recs,
@@ -176,6 +182,7 @@ _HANDLERS: dict[str, Any] = {
     Out.SITE_COMPLIANCE: RedisWriter._write_site_compliance,
     Out.PRICES: RedisWriter._write_prices,
     Out.WORKLOAD_EVENTS: RedisWriter._write_workload_events,
+    Out.GPU_HEALTH: RedisWriter._write_gpu_health,
 }
 
 
