@@ -1,17 +1,19 @@
 """Prometheus metrics of the streaming job (SPEC section 4), all named ``hcp_*``.
 
 Each metric is updated by the module that knows the number; this module only declares
-them and serves ``/metrics``.
+them. :class:`MetricsEndpoint` serves ``/metrics``: one per run, built from the settings
+and handed to the source, which starts it when a worker first needs it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter as _Tally
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["configure", "count_bad_input", "serve_once"]
+__all__ = ["MetricsEndpoint", "count_bad_input"]
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +36,27 @@ PRICE = Gauge("hcp_price", "Latest price per key (kind or kind:scope)", ["key"])
 WATERMARK = Gauge("hcp_watermark_ms", "Event-time watermark of the fleet stage")
 DLQ_WRITTEN = Counter("hcp_dlq_written_total", "Dead letters written to the DLQ topic")
 
-_STATE: dict[str, object] = {"port": 0, "host": "127.0.0.1", "started": False}
 
+class MetricsEndpoint:
+    """The /metrics address of one run; ``port`` 0 turns the endpoint off."""
 
-def configure(port: int, host: str = "127.0.0.1") -> None:
-    """Set the /metrics address; port 0 turns the endpoint off."""
-    _STATE["port"] = port
-    _STATE["host"] = host
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.port = port
+        self.host = host
+        self._lock = threading.Lock()
+        self._started = False
 
-
-def serve_once() -> None:
-    """Start the /metrics endpoint the first time a worker in this process needs it."""
-    if _STATE["started"] or not _STATE["port"]:
-        return
-    _STATE["started"] = True
-    try:
-        start_http_server(int(_STATE["port"]), addr=str(_STATE["host"]))
-        log.info("metrics on http://%s:%d/metrics", _STATE["host"], _STATE["port"])
-    except OSError as exc:
-        log.warning("metrics endpoint not started on port %s: %s", _STATE["port"], exc)
+    def serve_once(self) -> None:
+        """Start the endpoint the first time a worker of this process needs it."""
+        with self._lock:
+            if self._started or not self.port:
+                return
+            self._started = True
+        try:
+            start_http_server(self.port, addr=self.host)
+            log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+        except OSError as exc:
+            log.warning("metrics endpoint not started on port %s: %s", self.port, exc)
 
 
 def count_bad_input(topic: str, reasons: list[str]) -> None:

@@ -22,8 +22,9 @@ __all__ = ["RECOVERY_FORMAT", "prepare_recovery_dir"]
 
 log = logging.getLogger(__name__)
 
-# Bump when the pickled shard or fleet state changes shape.
-RECOVERY_FORMAT = 1
+# Bump when the pickled shard or fleet state changes shape, or the flow's stateful steps
+# change (2: site groups between the shards and the fleet step).
+RECOVERY_FORMAT = 2
 MANIFEST = "hcp-recovery.json"
 INITIALISING = ".hcp-initialising"
 
@@ -64,7 +65,7 @@ def prepare_recovery_dir(
             )
             raise RecoveryStateError(msg)
         log.info("resuming from recovery directory %s", root)
-        _check_worker_count(root, settings.workers)
+        _check_worker_count(root, settings.total_workers)
         return root
     if root.exists() and any(root.iterdir()):
         msg = f"{root} is not empty and has no {MANIFEST}; give an empty or new --recovery-dir"
@@ -79,7 +80,7 @@ def prepare_recovery_dir(
     os.replace(tmp, manifest)
     marker.unlink()
     log.info("created %d recovery partitions in %s", recovery_partitions, root)
-    _check_worker_count(root, settings.workers)
+    _check_worker_count(root, settings.total_workers)
     return root
 
 
@@ -89,7 +90,7 @@ def _check_worker_count(root: Path, workers: int) -> None:
     parts = len(list(root.glob("part-*.sqlite3")))
     if parts < workers:
         log.warning(
-            "%s has %d recovery partitions for %d workers in this process; make a new "
+            "%s has %d recovery partitions for %d workers over all processes; make a new "
             "--recovery-dir with --recovery-partitions >= the most workers you will run",
             root, parts, workers,
         )

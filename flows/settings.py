@@ -12,6 +12,7 @@ from hcp.config import (
     env_arg,
     env_flag,
     non_negative_float,
+    non_negative_int,
     positive_int,
 )
 from hcp.errors import ConfigError
@@ -49,6 +50,9 @@ class JobSettings:
     snapshot_interval_s: float = 10.0
     recovery_partitions: int = 8
     workers: int = 1
+    processes: int = 1
+    process_id: int | None = None
+    addresses: str | None = None
 
     @property
     def topics(self) -> Topics:
@@ -76,7 +80,32 @@ class JobSettings:
         if not 0 <= self.hysteresis < 1:
             msg = f"--hysteresis must be in [0, 1), got {self.hysteresis}"
             raise ConfigError(msg)
+        if (self.process_id is None) != (self.addresses is None):
+            msg = "--process-id and --addresses go together (one cluster member per host)"
+            raise ConfigError(msg)
+        if self.process_id is not None and not 0 <= self.process_id < len(self.address_list):
+            msg = (
+                f"--process-id {self.process_id} is not in 0..{len(self.address_list) - 1} "
+                f"(one per address in --addresses)"
+            )
+            raise ConfigError(msg)
         return self
+
+    @property
+    def address_list(self) -> list[str]:
+        """The cluster's ``host:port`` addresses, process 0 first (empty: no cluster)."""
+        if self.addresses is None:
+            return []
+        text = self.addresses
+        if Path(text).is_file():  # an addresses file: one host:port a line
+            text = Path(text).read_text().replace("\n", ";")
+        return [a.strip() for a in text.split(";") if a.strip()]
+
+    @property
+    def total_workers(self) -> int:
+        """Workers over every process of the cluster."""
+        processes = len(self.address_list) or self.processes
+        return processes * self.workers
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> JobSettings:
@@ -170,6 +199,32 @@ def add_job_args(parser: argparse.ArgumentParser) -> None:
         default=1,
         type=positive_int,
         help="Bytewax worker threads in this process",
+    )
+    env_arg(
+        r,
+        "--processes",
+        env="HCP_PROCESSES",
+        default=1,
+        type=positive_int,
+        help="run the job as a Bytewax cluster of this many processes on this host "
+        "(each with --workers threads); hcp run supervises them",
+    )
+    env_arg(
+        r,
+        "--process-id",
+        env="HCP_PROCESS_ID",
+        default=None,
+        type=non_negative_int,
+        help="this process's index in a multi-host cluster (with --addresses; "
+        "docs/scale-out.md)",
+    )
+    env_arg(
+        r,
+        "--addresses",
+        env="HCP_ADDRESSES",
+        default=None,
+        help="every cluster process's host:port, separated by ';', or a file with one a "
+        "line; process 0 first",
     )
     env_arg(
         r,
