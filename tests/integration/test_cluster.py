@@ -91,10 +91,12 @@ def test_one_then_two_then_one_process_across_restarts(
             job = start_job(env, "--processes", processes, *common)
             wait_for(lambda n=seen: client.xlen(stream) > n, timeout=90)
             if processes == "2":
-                wait_for(lambda: len(member_pids(job.pid)) == 2, timeout=30)
+                wait_for(lambda j=job: len(member_pids(j.pid)) == 2, timeout=30)
             job.send_signal(signal.SIGTERM)
             code, out = finish(job)
             assert code == 0, out[-3000:]
+            if seen:
+                assert "resuming from recovery directory" in out
             seen = client.xlen(stream)
         assert 0 < seen < len(want_redis["recommendations"])
         run_job(env, "--once", "--processes", "1", *common)
