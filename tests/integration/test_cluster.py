@@ -7,15 +7,19 @@ hash, set and stream entry with its id; every table's rows as text).
 
 from __future__ import annotations
 
+import random
 import signal
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 
 from hcp.topics import Topics
+from sinks.postgres.schema import apply_migrations
 from tests.support.clusterkit import (
+    PG_ADMIN_DSN,
     finish,
     fresh_database,
     generate_fleet,
@@ -27,6 +31,7 @@ from tests.support.clusterkit import (
     start_job,
     wait_for,
 )
+from tests.support.netns import NetnsPair, netns_unavailable
 
 
 @pytest.fixture(scope="module")
@@ -101,5 +106,39 @@ def test_one_then_two_then_one_process_across_restarts(
         assert 0 < seen < len(want_redis["recommendations"])
         run_job(env, "--once", "--processes", "1", *common)
         got_pg = pg_dump(dsn)
+    assert redis_dump(redis_url, redis_prefix) == want_redis
+    assert got_pg == want_pg
+
+
+def test_two_processes_in_two_network_namespaces(
+    bootstrap: str, fleet_topics: Topics, redis_url: str, redis_prefix: str,
+    reference: tuple[dict, dict],
+) -> None:
+    """Each member in its own namespace: Bytewax's exchange crosses a veth pair."""
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(f"not counted: {reason}")
+    want_redis, want_pg = reference
+    services = [int(bootstrap.rsplit(":", 1)[1]), urlsplit(redis_url).port or 6379,
+                urlsplit(PG_ADMIN_DSN).port or 5432]
+    with fresh_database() as dsn, NetnsPair(services) as pair:
+        apply_migrations(dsn)  # once, before two members race to it
+        env = job_env(bootstrap, fleet_topics, redis_url, redis_prefix, dsn)
+        ports = random.sample(range(20_000, 60_000), 2)
+        addresses = f"{pair.addr_a}:{ports[0]};{pair.addr_b}:{ports[1]}"
+        sent = {ns: pair.tx_bytes(ns) for ns in (pair.a, pair.b)}
+        members = [
+            start_job(env, "--once", "--process-id", str(i), "--addresses", addresses,
+                      wrapper=tuple(pair.exec_prefix(ns)))
+            for i, ns in enumerate((pair.a, pair.b))
+        ]
+        for member in members:
+            code, out = finish(member)
+            assert code == 0, out[-3000:]
+        crossed = {ns: pair.tx_bytes(ns) - sent[ns] for ns in (pair.a, pair.b)}
+        got_pg = pg_dump(dsn)
+    print(f"bytes sent over the veth pair: {crossed}")
+    # Each side sent the other its share of windows, watermarks and progress.
+    assert all(n > 10_000 for n in crossed.values()), crossed
     assert redis_dump(redis_url, redis_prefix) == want_redis
     assert got_pg == want_pg

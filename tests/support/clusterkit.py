@@ -69,10 +69,15 @@ def job_env(bootstrap: str, topics: Topics, redis_url: str, prefix: str, dsn: st
     return env
 
 
-def start_job(env: dict, *args: str, **popen: object) -> subprocess.Popen:
-    """``hcp run ARGS`` as a child process (its own session, so a test can signal it)."""
+def start_job(
+    env: dict, *args: str, wrapper: tuple[str, ...] = (), **popen: object
+) -> subprocess.Popen:
+    """``hcp run ARGS`` as a child process (its own session, so a test can signal it).
+
+    ``wrapper`` goes before the command, e.g. ``ip netns exec NS``.
+    """
     return subprocess.Popen(
-        [sys.executable, "-m", "tools", "run", *args], env=env, cwd=ROOT,
+        [*wrapper, sys.executable, "-m", "tools", "run", *args], env=env, cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True, **popen,  # type: ignore[arg-type]
     )
