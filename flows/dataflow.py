@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 from collections.abc import Iterable
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from flows import metrics
@@ -47,9 +49,34 @@ from flows.source import KafkaBatchSource, SourceBatch
 from sinks.assignments import AssignmentSink
 from sinks.dlq import DlqSink
 
-__all__ = ["build_flow"]
+__all__ = ["TimedLogic", "build_flow"]
 
 log = logging.getLogger(__name__)
+
+
+class TimedLogic(StatefulBatchLogic):
+    """Wraps a step's logic to count its time in ``hcp_stage_seconds{stage}``."""
+
+    def __init__(self, inner: StatefulBatchLogic, stage: str) -> None:
+        self.inner = inner
+        self._timer = metrics.STAGE_SECONDS.labels(stage)
+
+    def on_batch(self, values: list) -> tuple[list, bool]:
+        started = time.perf_counter()
+        try:
+            return self.inner.on_batch(values)
+        finally:
+            self._timer.observe(time.perf_counter() - started)
+
+    def on_eof(self) -> tuple[list, bool]:
+        started = time.perf_counter()
+        try:
+            return self.inner.on_eof()
+        finally:
+            self._timer.observe(time.perf_counter() - started)
+
+    def snapshot(self) -> bytes:
+        return self.inner.snapshot()
 
 
 def build_flow(
@@ -122,9 +149,9 @@ def build_flow(
             inputs=shard_inputs(int(shard)),
         )
 
-    def build_shard(resume: bytes | None) -> ShardLogic:
+    def build_shard(resume: bytes | None) -> TimedLogic:
         state = pickle.loads(resume) if resume is not None else None
-        return ShardLogic(shard_config, state, shutdown)
+        return TimedLogic(ShardLogic(shard_config, state, shutdown), "shards")
 
     windows = op.stateful_batch("shards", keyed, build_shard)
 
@@ -140,9 +167,9 @@ def build_flow(
 
     grouped = op.flat_map("to_site_groups", windows, to_groups)
 
-    def build_group(resume: bytes | None) -> SiteGroupLogic:
+    def build_group(resume: bytes | None) -> TimedLogic:
         state = pickle.loads(resume) if resume is not None else FleetState()
-        return SiteGroupLogic(shard_ids, settings.once, state, shutdown)
+        return TimedLogic(SiteGroupLogic(shard_ids, settings.once, state, shutdown), "site_groups")
 
     capped = op.map("untag_site_groups", op.stateful_batch("site_groups", grouped, build_group),
                     lambda kv: kv[1])
@@ -152,9 +179,9 @@ def build_flow(
         "to_fleet", capped, lambda item: ("fleet", item) if item[0] in ("win", "wm") else None
     )
 
-    def build_fleet(resume: bytes | None) -> FleetLogic:
+    def build_fleet(resume: bytes | None) -> TimedLogic:
         state = pickle.loads(resume) if resume is not None else FleetState()
-        return FleetLogic(group_ids, settings.once, state, shutdown)
+        return TimedLogic(FleetLogic(group_ids, settings.once, state, shutdown), "fleet")
 
     decided = op.stateful_batch("fleet", to_fleet, build_fleet)
     recs = op.map("untag_fleet", decided, lambda kv: kv[1])

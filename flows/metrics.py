@@ -34,6 +34,11 @@ CONSUMER_LAG = Gauge(
 )
 PRICE = Gauge("hcp_price", "Latest price per key (kind or kind:scope)", ["key"])
 WATERMARK = Gauge("hcp_watermark_ms", "Event-time watermark of the fleet stage")
+STAGE_SECONDS = Histogram(
+    "hcp_stage_seconds",
+    "Time spent in one call of a stateful step (shards, site_groups, fleet)",
+    ["stage"],
+)
 DLQ_WRITTEN = Counter("hcp_dlq_written_total", "Dead letters written to the DLQ topic")
 
 
