@@ -108,11 +108,17 @@ def stage_costs(bootstrap: str, topics: Topics, args: argparse.Namespace, events
         job = time.perf_counter() - started
         after = _timers()
         delete_redis_prefix(args.redis, prefix)
+        import psycopg
+
+        with psycopg.connect(dsn) as conn:
+            recs = conn.execute("SELECT count(*) FROM recommendations").fetchone()[0]
     costs = {k: after[k] - before[k] for k in after}
     costs["other (Bytewax, router, DLQ, waits)"] = max(job - sum(costs.values()), 0.0)
     return {
         "job_s": round(job, 2),
+        "recommendations": recs,
         "us_per_event": {k: round(v / events * 1e6, 3) for k, v in costs.items()},
+        "us_per_rec": {k: round(v / max(recs, 1) * 1e6, 2) for k, v in costs.items()},
         "seconds": {k: round(v, 3) for k, v in costs.items()},
     }
 
@@ -164,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         r["events_per_s_wall"] = round(filled.events / r["wall_s"])
         print(f"| {r['processes']} | {r['job_s']} | {r['events_per_s']:,} | {r['wall_s']} | "
               f"{r['events_per_s_wall']:,} | {base / r['job_s']:.2f}x |")
-    print(f"\nStage costs (1 process, 1 worker, in-process run of {stages['job_s']} s):\n")
-    print("| stage | seconds | us/event |")
-    print("| --- | --- | --- |")
+    print(f"\nStage costs (1 process, 1 worker, in-process run of {stages['job_s']} s, "
+          f"{stages['recommendations']:,} recommendations):\n")
+    print("| stage | seconds | us/event | us/recommendation |")
+    print("| --- | --- | --- | --- |")
     for name, us in stages["us_per_event"].items():
-        print(f"| {name} | {stages['seconds'][name]} | {us} |")
+        print(f"| {name} | {stages['seconds'][name]} | {us} | {stages['us_per_rec'][name]} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"events": filled.events, "runs": runs, "stages": stages,
