@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen services clean
+.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen bench-cluster services system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,15 @@ install: $(STAMP)
 services:
 	bash deploy/local-services.sh
 
+# Debian packages the tests need, installed only when missing: iproute2 (`ip netns`) for
+# the cluster test whose two processes talk over a veth pair.
+system-deps:
+	@command -v ip >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq iproute2; }
+
 demo: $(STAMP) services
 	$(BIN)/hcp demo
 
-test: $(STAMP) services
+test: $(STAMP) services system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -38,6 +43,9 @@ bench-quick: $(STAMP) services
 
 bench: $(STAMP) services
 	$(BIN)/hcp bench
+
+bench-cluster: $(STAMP) services
+	$(BIN)/python -m tools.bench.cluster
 
 bench-gen: $(STAMP)
 	$(BIN)/python -m tools.bench.generation --gpus 5000 --asics 300000 --duration 10
