@@ -46,12 +46,15 @@ from flows.router.flow import add_router_branch, router_inputs
 from flows.router.router import RouterConfig
 from flows.settings import JobSettings
 from flows.source import KafkaBatchSource, SourceBatch
+from hcp.tags import Out
 from sinks.assignments import AssignmentSink
 from sinks.dlq import DlqSink
 
 __all__ = ["TimedLogic", "build_flow"]
 
 log = logging.getLogger(__name__)
+
+RAW_TAG = {"gpu": Out.GPU_RAW, "asic": Out.ASIC_RAW}
 
 
 class TimedLogic(StatefulBatchLogic):
@@ -174,7 +177,7 @@ def build_flow(
     capped = op.map("untag_site_groups", op.stateful_batch("site_groups", grouped, build_group),
                     lambda kv: kv[1])
     # The groups' windows and recs go to PostgreSQL from the workers that made them.
-    group_rows = op.filter("group_rows", capped, lambda item: item[0] in ("windows", "recs"))
+    group_rows = op.filter("group_rows", capped, lambda item: item[0] in (Out.WINDOWS, Out.RECS))
     to_fleet = op.filter_map(
         "to_fleet", capped, lambda item: ("fleet", item) if item[0] in ("win", "wm") else None
     )
@@ -189,15 +192,15 @@ def build_flow(
     def side_outputs(batch: SourceBatch) -> list[tuple]:
         out: list[tuple] = []
         if batch.dlq.height:
-            out.append(("dlq", batch.dlq))
+            out.append((Out.DLQ, batch.dlq))
         if batch.rows.height:
             if batch.kind == "prices":
                 rows = price_rows(batch.rows)
                 for key, value in zip(rows["key"], rows["value"], strict=True):
                     metrics.PRICE.labels(key).set(value)
-                out.append(("prices", rows))
+                out.append((Out.PRICES, rows))
             elif batch.kind in ("gpu", "asic") and settings.store_raw and not settings.no_pg:
-                out.append((f"{batch.kind}_raw", batch.rows))
+                out.append((RAW_TAG[batch.kind], batch.rows))
         return out
 
     side = op.flat_map("side_outputs", batches, side_outputs)
@@ -214,7 +217,7 @@ def build_flow(
     # PostgreSQL takes each group's rows where they are (keyed upserts, any order).
     to_redis = op.merge("redis_outputs", recs, side, routed)
     to_pg = op.merge("pg_outputs", group_rows, side, routed)
-    group_windows = op.filter("group_windows", group_rows, lambda item: item[0] == "windows")
+    group_windows = op.filter("group_windows", group_rows, lambda item: item[0] == Out.WINDOWS)
     everything = op.merge("outputs", recs, group_windows, side, routed)
     op.output("dlq_out", side, DlqSink(settings.bootstrap, topics.dlq))
     op.output("assignments_out", routed, AssignmentSink(settings.bootstrap, topics.assignments))

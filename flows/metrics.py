@@ -39,7 +39,6 @@ STAGE_SECONDS = Histogram(
     "Time spent in one call of a stateful step (shards, site_groups, fleet)",
     ["stage"],
 )
-DLQ_WRITTEN = Counter("hcp_dlq_written_total", "Dead letters written to the DLQ topic")
 
 
 class MetricsEndpoint:

@@ -22,9 +22,10 @@ __all__ = ["RECOVERY_FORMAT", "prepare_recovery_dir"]
 
 log = logging.getLogger(__name__)
 
-# Bump when the pickled shard or fleet state changes shape, or the flow's stateful steps
-# change (2: site groups between the shards and the fleet step).
-RECOVERY_FORMAT = 2
+# Bump when the pickled shard or fleet state changes shape, moves, or the flow's stateful
+# steps change (2: the layout of issue 10 moved every state class to flows/profitability/
+# and flows/router/; 3: site groups between the shards and the fleet step).
+RECOVERY_FORMAT = 3
 MANIFEST = "hcp-recovery.json"
 INITIALISING = ".hcp-initialising"
 

@@ -29,6 +29,7 @@ from flows.lifecycle import Shutdown
 from flows.profitability import kernels as k
 from flows.profitability.shard import NEG_INF, POS_INF
 from hcp.schemas import REC_SCHEMA, WINDOW_SCHEMA
+from hcp.tags import Out
 
 __all__ = [
     "FleetLogic",
@@ -193,8 +194,8 @@ class SiteGroupLogic(_WindowGate):
             metrics.RECOMMENDATIONS.labels(action).inc(n)
         recs = _conform(df, REC_SCHEMA)
         return [
-            ("windows", _conform(df, WINDOW_SCHEMA)),
-            ("recs", recs),
+            (Out.WINDOWS, _conform(df, WINDOW_SCHEMA)),
+            (Out.RECS, recs),
             ("win", self.s.key, start, recs),
         ]
 
@@ -219,10 +220,10 @@ class FleetLogic(_WindowGate):
 
     def _release(self, start: int, frames: list[pl.DataFrame]) -> list[tuple]:
         df = frames[0] if len(frames) == 1 else pl.concat(frames).sort("device_id")
-        return [("recs", df)]
+        return [(Out.RECS, df)]
 
     def _watermark_item(self, wm: int) -> tuple:
-        return ("fleet_wm", wm)
+        return (Out.FLEET_WM, wm)
 
 
 def _conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
