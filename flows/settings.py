@@ -6,7 +6,6 @@ import argparse
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from hcp.config import env_arg, non_negative_int, positive_int
 from hcp.errors import ConfigError
 from hcp.settings import add_settings, default
 from hcp.topics import Topics
@@ -44,10 +43,9 @@ class JobSettings:
     snapshot_interval_s: float = default("snapshot_interval_s")
     recovery_partitions: int = default("recovery_partitions")
     workers: int = default("workers")
-    # The cluster (docs/scale-out.md); only `hcp run` has these, declared in add_job_args.
-    processes: int = 1
-    process_id: int | None = None
-    addresses: str | None = None
+    processes: int = default("processes")
+    process_id: int | None = default("process_id")
+    addresses: str | None = default("addresses")
 
     @property
     def topics(self) -> Topics:
@@ -126,41 +124,10 @@ JOB_SETTINGS = (
     "window_s", "lateness_s", "idle_timeout_s", "pool_fee", "hysteresis", "dwell_s",
     "once", "workers", "batch_size", "linger_s", "stream_maxlen", "metrics_port",
     "metrics_host", "no_raw", "no_redis", "no_pg", "recovery_dir", "snapshot_interval_s",
-    "recovery_partitions",
+    "recovery_partitions", "processes", "process_id", "addresses",
 )
 
 
 def add_job_args(parser: argparse.ArgumentParser) -> None:
     """Flags of ``hcp run``; each falls back to the HCP_* variable named in its help."""
     add_settings(parser, *JOB_SETTINGS)
-    add_cluster_args(parser)
-
-
-def add_cluster_args(parser: argparse.ArgumentParser) -> None:
-    """The cluster flags of ``hcp run`` (docs/scale-out.md)."""
-    g = parser.add_argument_group("cluster")
-    env_arg(
-        g,
-        "--processes",
-        env="HCP_PROCESSES",
-        default=1,
-        type=positive_int,
-        help="run the job as a Bytewax cluster of this many processes on this host "
-        "(each with --workers threads); hcp run supervises them",
-    )
-    env_arg(
-        g,
-        "--process-id",
-        env="HCP_PROCESS_ID",
-        default=None,
-        type=non_negative_int,
-        help="this process's index in a multi-host cluster (with --addresses)",
-    )
-    env_arg(
-        g,
-        "--addresses",
-        env="HCP_ADDRESSES",
-        default=None,
-        help="every cluster process's host:port, separated by ';', or a file with one a "
-        "line; process 0 first",
-    )

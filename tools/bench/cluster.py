@@ -31,6 +31,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 from hcp.config import env_arg
+from hcp.settings import add_settings
 from hcp.topics import Topics
 from tools.bench.fill import FillSpec, fill_topics
 from tools.bench.hooks import delete_redis_prefix, fresh_database
@@ -125,23 +126,21 @@ def stage_costs(bootstrap: str, topics: Topics, args: argparse.Namespace, events
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench.cluster", description=__doc__)
-    env_arg(p, "--events", env="HCP_BENCH_EVENTS", default=1_000_000, type=int,
+    env_arg(p, "--events", env="HCP_BENCH_CLUSTER_EVENTS", default=1_000_000, type=int,
             help="events to fill")
-    env_arg(p, "--asics", env="HCP_BENCH_ASICS", default=50_000, type=int, help="ASICs")
-    env_arg(p, "--gpus", env="HCP_BENCH_GPUS", default=2_000, type=int, help="GPUs")
-    env_arg(p, "--sites", env="HCP_BENCH_SITES", default=8, type=int, help="sites")
-    env_arg(p, "--partitions", env="HCP_BENCH_PARTITIONS", default=8, type=int,
+    env_arg(p, "--asics", env="HCP_BENCH_CLUSTER_ASICS", default=50_000, type=int, help="ASICs")
+    env_arg(p, "--gpus", env="HCP_BENCH_CLUSTER_GPUS", default=2_000, type=int, help="GPUs")
+    env_arg(p, "--sites", env="HCP_BENCH_CLUSTER_SITES", default=8, type=int, help="sites")
+    env_arg(p, "--partitions", env="HCP_BENCH_CLUSTER_PARTITIONS", default=8, type=int,
             help="partitions per topic")
-    env_arg(p, "--workers", env="HCP_BENCH_WORKERS", default=1, type=int,
+    env_arg(p, "--workers", env="HCP_BENCH_CLUSTER_WORKERS", default=1, type=int,
             help="workers per process")
-    env_arg(p, "--processes", env="HCP_BENCH_PROCESSES", default="1,2",
+    env_arg(p, "--processes", env="HCP_BENCH_CLUSTER_PROCESSES", default="1,2",
             help="comma-separated process counts to run")
-    env_arg(p, "--bootstrap", env="HCP_BENCH_BOOTSTRAP", default=None,
+    env_arg(p, "--bootstrap", env="HCP_BENCH_CLUSTER_BOOTSTRAP", default=None,
             help="an existing broker (default: an embedded one)")
-    env_arg(p, "--redis", env="HCP_REDIS_URL", default="redis://127.0.0.1:6379/0",
-            help="Redis URL")
-    env_arg(p, "--pg", env="HCP_PG_DSN", default="postgresql://postgres@127.0.0.1:5432/postgres",
-            help="PostgreSQL server; the bench makes and drops its own databases")
+    add_settings(p, "redis", "pg",
+                 helps={"pg": "the server: the bench makes and drops its own databases"})
     env_arg(p, "--out", env="HCP_BENCH_CLUSTER_OUT", default="bench-results/cluster.json",
             help="JSON results file")
     args = p.parse_args(argv)
