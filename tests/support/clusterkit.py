@@ -30,7 +30,7 @@ PG_ADMIN_DSN = os.environ.get("HCP_TEST_PG_ADMIN_DSN", "postgresql://postgres@12
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def generate_fleet(bootstrap: str, topics: Topics, duration_s: int = 900, seed: int = 5) -> None:
+def generate_fleet(bootstrap: str, topics: Topics, duration_s: int = 600, seed: int = 5) -> None:
     """Four sites, one of them power-capped for a while (the demo scenario), 4 partitions."""
     sites = [f"site-{i:02d}" for i in range(1, 5)]
     config = SimConfig(
