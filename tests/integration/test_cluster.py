@@ -66,7 +66,7 @@ def test_two_processes_write_byte_identical_output(
     want_redis, want_pg = reference
     # The data exercises the per-site stage: a power cap binds on one site for a while.
     assert any(e[1]["reason"] == "power_cap" for e in want_redis["recommendations"])
-    assert len(want_redis["recommendations"]) == want_pg["recommendations"].__len__() > 1000
+    assert len(want_redis["recommendations"]) == len(want_pg["recommendations"]) > 500
     with fresh_database() as dsn:
         out = run_job(job_env(bootstrap, fleet_topics, redis_url, redis_prefix, dsn),
                       "--once", "--processes", "2", "--workers", "2")
