@@ -72,6 +72,7 @@ def test_sigkill_one_cluster_process_then_restart(
             code, out = finish(job)
             assert code == 1, out[-3000:]
             assert "stopped the whole cluster" in out
+        print(f"SIGKILLed a member at stream lengths {killed} of {total}")
         assert all(0 < k < total for k in killed), killed
         run_job(env, "--once", *common)
         got_pg = pg_dump(dsn)
