@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen bench-cluster services system-deps clean
+.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen services system-deps \
+	dashboards bench-cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +18,27 @@ install: $(STAMP)
 services:
 	bash deploy/local-services.sh
 
-# Debian packages the tests need, installed only when missing: iproute2 (`ip netns`) for
-# the cluster test whose two processes talk over a veth pair.
+# Debian packages the tests run for real: prometheus + promtool (dashboard queries, rule
+# tests, `promtool check metrics`), prometheus-alertmanager (amtool check-config) and
+# iproute2 (`ip netns`: the cluster test whose two processes talk over a veth pair).
+# Installs only what is missing, so it is a no-op on a machine that has them.
+SYSTEM_TOOLS := prometheus:prometheus promtool:prometheus amtool:prometheus-alertmanager \
+	ip:iproute2
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@command -v ip >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq iproute2; }
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    $$(echo $$missing | tr ' ' '\n' | sort -u); \
+	fi
+
+# Regenerate deploy/grafana/dashboards/*.json from tools/dashboards.
+dashboards: $(STAMP)
+	$(BIN)/python -m tools.dashboards
 
 demo: $(STAMP) services
 	$(BIN)/hcp demo
@@ -29,10 +47,10 @@ test: $(STAMP) services system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP) services
+test-fast: $(STAMP) services system-deps
 	$(BIN)/python -m pytest -q -m "not fault and not slow"
 
-test-fault: $(STAMP) services
+test-fault: $(STAMP) services system-deps
 	$(BIN)/python -m pytest -q -m fault
 
 lint: $(STAMP)

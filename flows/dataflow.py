@@ -88,11 +88,13 @@ def build_flow(
     *,
     layout: TopicLayout | None = None,
     shutdown: Shutdown | None = None,
+    metrics_endpoint: metrics.MetricsEndpoint | None = None,
 ) -> Dataflow:
     """The dataflow for ``settings``; ``extra_sinks`` also receive every tagged output.
 
     ``layout`` defaults to ``--partitions`` for every topic; ``shutdown`` is the run's stop
-    request: pass the one your signal handler sets (by default nothing can stop it early).
+    request: pass the one your signal handler sets (by default nothing can stop it early);
+    ``metrics_endpoint`` is started by the first source partition if not already serving.
     """
     layout = layout or TopicLayout.from_settings(settings)
     shutdown = shutdown or Shutdown()
@@ -111,7 +113,8 @@ def build_flow(
         linger_s=settings.linger_s,
         partitions={t: layout.partitions[t] for t in topics.inputs()},
         shutdown=shutdown,
-        metrics_endpoint=metrics.MetricsEndpoint(settings.metrics_port, settings.metrics_host),
+        metrics_endpoint=metrics_endpoint
+        or metrics.MetricsEndpoint(settings.metrics_port, settings.metrics_host),
     )
     parts = source.partitions
     n_shards = layout.shards(settings)
@@ -196,8 +199,7 @@ def build_flow(
         if batch.rows.height:
             if batch.kind == "prices":
                 rows = price_rows(batch.rows)
-                for key, value in zip(rows["key"], rows["value"], strict=True):
-                    metrics.PRICE.labels(key).set(value)
+                metrics.set_prices(rows)
                 out.append((Out.PRICES, rows))
             elif batch.kind in ("gpu", "asic") and settings.store_raw and not settings.no_pg:
                 out.append((RAW_TAG[batch.kind], batch.rows))

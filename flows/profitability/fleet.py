@@ -149,6 +149,7 @@ class _WindowGate(StatefulBatchLogic[tuple, tuple, bytes]):
         return self._emit_ready(POS_INF), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
+        metrics.SNAPSHOT_TIME.set_to_current_time()
         return pickle.dumps(self.s, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _emit_ready(self, wm: int) -> list[tuple]:
@@ -192,6 +193,7 @@ class SiteGroupLogic(_WindowGate):
         df = apply_power_caps(pl.concat(frames, how="diagonal_relaxed").sort("device_id"))
         for action, n in df["action"].value_counts().iter_rows():
             metrics.RECOMMENDATIONS.labels(action).inc(n)
+        metrics.observe_window(df)  # per-site gauges: each site is in exactly one group
         recs = _conform(df, REC_SCHEMA)
         return [
             (Out.WINDOWS, _conform(df, WINDOW_SCHEMA)),
@@ -215,7 +217,7 @@ class FleetLogic(_WindowGate):
         out = super().on_batch(values)
         wm = self.s.emitted_wm
         if NEG_INF < wm < POS_INF:
-            metrics.WATERMARK.set(wm)
+            metrics.WATERMARK.set(wm / 1000.0)
         return out
 
     def _release(self, start: int, frames: list[pl.DataFrame]) -> list[tuple]:
