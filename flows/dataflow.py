@@ -208,13 +208,9 @@ def build_flow(
     side = op.flat_map("side_outputs", batches, side_outputs)
     # The router places AI work on GPUs; it reads the recommendations so that GPUs told to
     # power down get no work (docs/workloads.md).
-    routed = add_router_branch(
-        batches,
-        recs,
-        RouterConfig(lateness_ms=settings.lateness_ms),
-        router_inputs(source),
-        shutdown,
-    )
+    router_config = RouterConfig(lateness_ms=settings.lateness_ms,
+                                 assign_timeout_s=settings.assign_timeout_s)
+    routed = add_router_branch(batches, recs, router_config, router_inputs(source), shutdown)
     # Redis takes whole windows from the fleet step (one ordered stream writer);
     # PostgreSQL takes each group's rows where they are (keyed upserts, any order).
     to_redis = op.merge("redis_outputs", recs, side, routed)
