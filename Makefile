@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen services system-deps \
-	dashboards clean
+	dashboards bench-cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,11 @@ services:
 	bash deploy/local-services.sh
 
 # Debian packages the tests run for real: prometheus + promtool (dashboard queries, rule
-# tests, `promtool check metrics`) and prometheus-alertmanager (amtool check-config).
+# tests, `promtool check metrics`), prometheus-alertmanager (amtool check-config) and
+# iproute2 (`ip netns`: the cluster test whose two processes talk over a veth pair).
 # Installs only what is missing, so it is a no-op on a machine that has them.
-SYSTEM_TOOLS := prometheus:prometheus promtool:prometheus amtool:prometheus-alertmanager
+SYSTEM_TOOLS := prometheus:prometheus promtool:prometheus amtool:prometheus-alertmanager \
+	ip:iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
@@ -59,6 +61,9 @@ bench-quick: $(STAMP) services
 
 bench: $(STAMP) services
 	$(BIN)/hcp bench
+
+bench-cluster: $(STAMP) services
+	$(BIN)/python -m tools.bench.cluster
 
 bench-gen: $(STAMP)
 	$(BIN)/python -m tools.bench.generation --gpus 5000 --asics 300000 --duration 10

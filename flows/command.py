@@ -1,4 +1,4 @@
-"""``hcp run``: the profitability job."""
+"""``hcp run``: the profitability job, in one process or as a Bytewax cluster."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from bytewax.run import cli_main
 
 from flows import metrics
 from flows.dataflow import build_flow
+from flows.layout import TopicLayout
+from flows.lifecycle import Shutdown
 from flows.settings import JobSettings, add_job_args
-from flows.source import request_shutdown
 from hcp.config import redis_url
 from hcp.errors import ConfigError
 from hcp.kafka_admin import check_broker, partition_counts, topic_names
@@ -36,17 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "PostgreSQL. Runs until SIGTERM/SIGINT, or with --once until the topics' current "
             "ends and then prints a summary (events per topic, windows, dead letters, late "
             "events). With --once, input topics that do not exist under --topic-prefix are an "
-            "error; without it they are created and the job waits for producers. To scale "
-            "over processes and hosts use `python -m bytewax.run flows.job` with the same "
-            "settings as HCP_* variables."
+            "error; without it they are created and the job waits for producers. "
+            "--processes N runs a Bytewax cluster of N processes on this host; "
+            "--process-id/--addresses make this process one member of a multi-host cluster "
+            "(docs/scale-out.md)."
         ),
     )
     add_job_args(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = JobSettings.from_args(args)
+def prepare(settings: JobSettings) -> TopicLayout:
+    """The run's init step, all of its I/O: checks, topics, schema, recovery directory."""
     # Everything that can be checked locally is checked before the job touches a service,
     # so a typo fails in one line instead of inside a Bytewax worker.
     if not settings.no_redis:
@@ -55,32 +57,49 @@ def run(args: argparse.Namespace) -> int:
         from flows.recovery import check_recovery_dir
 
         check_recovery_dir(settings.recovery_dir)
-    metrics.configure(settings.metrics_port, settings.metrics_host)  # checks the range
     check_broker(settings.bootstrap)
     _check_input_topics(settings)
+    if not settings.no_pg:
+        from sinks.postgres.schema import apply_migrations
+
+        apply_migrations(settings.pg)
+    layout = TopicLayout.from_broker(settings)
+    if settings.recovery_dir is not None:
+        from flows.recovery import prepare_recovery_dir
+
+        prepare_recovery_dir(settings, layout.partitions, settings.recovery_partitions)
+    return layout
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = JobSettings.from_args(args)
+    endpoint = metrics.MetricsEndpoint(settings.metrics_port, settings.metrics_host)
+    if settings.processes > 1 and settings.process_id is None:
+        from flows.cluster import supervise
+
+        prepare(settings)
+        return supervise(settings)  # each member serves its own /metrics
+    shutdown = Shutdown()
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: finishing the current batches and stopping", signum)
-        request_shutdown()
+        shutdown.request()
 
     # Before /metrics answers: a supervisor that sees the endpoint up may stop the job at
     # once, and a SIGTERM during schema setup or flow building must still stop it cleanly.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    metrics.configure(settings.metrics_port, settings.metrics_host, serve_now=True)
-    if not settings.no_pg:
-        from sinks.postgres.schema import apply_migrations
-
-        apply_migrations(settings.pg)
-    flow = build_flow(settings)
+    layout = prepare(settings)
+    endpoint.serve_now()
+    flow = build_flow(settings, layout=layout, shutdown=shutdown, metrics_endpoint=endpoint)
     recovery = None
     if settings.recovery_dir is not None:
-        from flows.recovery import prepare_recovery_dir
-
-        t = settings.topics
-        parts = partition_counts(settings.bootstrap, [t.gpu, t.asic, t.prices])
-        prepare_recovery_dir(settings, parts, settings.recovery_partitions)
         recovery = RecoveryConfig(str(settings.recovery_dir))
+    cluster: dict[str, object] = {}
+    if settings.process_id is not None:
+        cluster = {"process_id": settings.process_id, "addresses": settings.address_list}
+        log.info("process %d of a %d-process cluster", settings.process_id,
+                 len(settings.address_list))
     before = RunTotals.now()
     started = time.perf_counter()
     cli_main(
@@ -88,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
         workers_per_process=settings.workers,
         epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
         recovery_config=recovery,
+        **cluster,  # type: ignore[arg-type]
     )
     seconds = time.perf_counter() - started
+    log.info("job finished in %.1f s", seconds)
     if not settings.once:
-        log.info("job finished in %.1f s", seconds)
         return 0
     totals = RunTotals.now() - before
     print(totals.summary(settings, seconds))

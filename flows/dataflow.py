@@ -5,54 +5,104 @@
     Kafka gpu/asic/prices ──► decode (per fetch) ──┬─► dead letters ──► hcp.dlq
                                                    ├─► raw rows, prices ──► PostgreSQL, Redis
                                                    └─► shard by partition ──► windows + decisions
-                                                          ──► fleet: all shards, power caps
-                                                                ──► Redis, PostgreSQL
-                                                                ──► compliance: commands
-                                                                    (hcp.fleet.commands),
-                                                                    commanded vs observed
+                          site groups (crc32(site) % shards): power caps ◄──┘
+                                 ├─► windows, recs ──► PostgreSQL (from the group's worker)
+                                 └─► fleet (the one global step): whole windows sorted by
+                                       device id ──► Redis stream + hashes, workload router
+                                       ──► compliance: commands (hcp.fleet.commands),
+                                           commanded vs observed
 
 Kafka partitions are the unit of parallelism: a shard owns one partition number of the
 telemetry topics and every worker Bytewax gives it; prices are broadcast to every shard.
+A site group owns a fixed subset of sites (a site is the scope of a power cap). The fleet
+step only concatenates and sorts; its cost and why it exists: docs/scale-out.md.
+
+Building the flow does no I/O: partition counts come from a :class:`TopicLayout`, checked
+against the broker when the flow runs (flows/layout.py).
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
+import time
 from collections.abc import Iterable
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from flows import metrics
 from flows.compliance import ComplianceConfig, ComplianceLogic, ComplianceState
-from flows.profitability.fleet import FleetLogic, FleetState
+from flows.layout import TopicLayout
+from flows.lifecycle import Shutdown
+from flows.profitability.fleet import (
+    FleetLogic,
+    FleetState,
+    SiteGroupLogic,
+    split_by_site_group,
+)
 from flows.profitability.prices import price_rows
 from flows.profitability.shard import ShardConfig, ShardLogic
 from flows.router.flow import add_router_branch, router_inputs
 from flows.router.router import RouterConfig
 from flows.settings import JobSettings
-from flows.source import KafkaBatchSource, SourceBatch, shutdown_requested
-from hcp.kafka_admin import ensure_topics
+from flows.source import KafkaBatchSource, SourceBatch
 from hcp.tags import Out
 from sinks.assignments import AssignmentSink
 from sinks.commands import CommandSink
 from sinks.dlq import DlqSink
 
-__all__ = ["build_flow"]
+__all__ = ["TimedLogic", "build_flow"]
 
 log = logging.getLogger(__name__)
 
 RAW_TAG = {"gpu": Out.GPU_RAW, "asic": Out.ASIC_RAW}
 
 
-def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataflow:
-    """The dataflow for ``settings``; ``extra_sinks`` also receive every tagged output."""
-    metrics.configure(settings.metrics_port, settings.metrics_host)
+class TimedLogic(StatefulBatchLogic):
+    """Wraps a step's logic to count its time in ``hcp_stage_seconds{stage}``."""
+
+    def __init__(self, inner: StatefulBatchLogic, stage: str) -> None:
+        self.inner = inner
+        self._timer = metrics.STAGE_SECONDS.labels(stage)
+
+    def on_batch(self, values: list) -> tuple[list, bool]:
+        started = time.perf_counter()
+        try:
+            return self.inner.on_batch(values)
+        finally:
+            self._timer.observe(time.perf_counter() - started)
+
+    def on_eof(self) -> tuple[list, bool]:
+        started = time.perf_counter()
+        try:
+            return self.inner.on_eof()
+        finally:
+            self._timer.observe(time.perf_counter() - started)
+
+    def snapshot(self) -> bytes:
+        return self.inner.snapshot()
+
+
+def build_flow(
+    settings: JobSettings,
+    extra_sinks: Iterable[Sink] = (),
+    *,
+    layout: TopicLayout | None = None,
+    shutdown: Shutdown | None = None,
+    metrics_endpoint: metrics.MetricsEndpoint | None = None,
+) -> Dataflow:
+    """The dataflow for ``settings``; ``extra_sinks`` also receive every tagged output.
+
+    ``layout`` defaults to ``--partitions`` for every topic; ``shutdown`` is the run's stop
+    request: pass the one your signal handler sets (by default nothing can stop it early);
+    ``metrics_endpoint`` is started by the first source partition if not already serving.
+    """
+    layout = layout or TopicLayout.from_settings(settings)
+    shutdown = shutdown or Shutdown()
     topics = settings.topics
-    # A fresh deployment may start the job before any producer: create what is missing.
-    ensure_topics(settings.bootstrap, topics.all(), settings.partitions)
     source = KafkaBatchSource(
         settings.bootstrap,
         {
@@ -65,10 +115,15 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
         once=settings.once,
         idle_timeout_s=settings.idle_timeout_s,
         linger_s=settings.linger_s,
+        partitions={t: layout.partitions[t] for t in topics.inputs()},
+        shutdown=shutdown,
+        metrics_endpoint=metrics_endpoint
+        or metrics.MetricsEndpoint(settings.metrics_port, settings.metrics_host),
     )
     parts = source.partitions
-    n_shards = max(parts[topics.gpu], parts[topics.asic])
+    n_shards = layout.shards(settings)
     shard_ids = tuple(str(s) for s in range(n_shards))
+    group_ids = shard_ids  # one site group per shard: as parallel as the input
     price_inputs = tuple(f"{topics.prices}#{p}" for p in range(parts[topics.prices]))
 
     def shard_inputs(shard: int) -> tuple[str, ...]:
@@ -101,20 +156,43 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
             hysteresis=settings.hysteresis,
             dwell_ms=settings.dwell_ms,
             max_price_age_ms=settings.max_price_age_ms,
-            flush_on_eof=settings.once and not shutdown_requested(),
+            flush_on_eof=settings.once,
             inputs=shard_inputs(int(shard)),
         )
 
-    def build_shard(resume: bytes | None) -> ShardLogic:
+    def build_shard(resume: bytes | None) -> TimedLogic:
         state = pickle.loads(resume) if resume is not None else None
-        return ShardLogic(shard_config, state)
+        return TimedLogic(ShardLogic(shard_config, state, shutdown), "shards")
 
     windows = op.stateful_batch("shards", keyed, build_shard)
-    to_fleet = op.map("to_fleet", windows, lambda kv: ("fleet", kv[1]))
 
-    def build_fleet(resume: bytes | None) -> FleetLogic:
+    def to_groups(kv: tuple[str, tuple]) -> list[tuple[str, tuple]]:
+        item = kv[1]
+        if item[0] == "win":
+            _, shard, start, df = item
+            return [
+                (str(g), (str(g), ("win", shard, start, part)))
+                for g, part in split_by_site_group(df, n_shards)
+            ]
+        return [(g, (g, item)) for g in group_ids]  # ("wm", shard, W): every group
+
+    grouped = op.flat_map("to_site_groups", windows, to_groups)
+
+    def build_group(resume: bytes | None) -> TimedLogic:
         state = pickle.loads(resume) if resume is not None else FleetState()
-        return FleetLogic(shard_ids, settings.once and not shutdown_requested(), state)
+        return TimedLogic(SiteGroupLogic(shard_ids, settings.once, state, shutdown), "site_groups")
+
+    capped = op.map("untag_site_groups", op.stateful_batch("site_groups", grouped, build_group),
+                    lambda kv: kv[1])
+    # The groups' windows and recs go to PostgreSQL from the workers that made them.
+    group_rows = op.filter("group_rows", capped, lambda item: item[0] in (Out.WINDOWS, Out.RECS))
+    to_fleet = op.filter_map(
+        "to_fleet", capped, lambda item: ("fleet", item) if item[0] in ("win", "wm") else None
+    )
+
+    def build_fleet(resume: bytes | None) -> TimedLogic:
+        state = pickle.loads(resume) if resume is not None else FleetState()
+        return TimedLogic(FleetLogic(group_ids, settings.once, state, shutdown), "fleet")
 
     decided = op.stateful_batch("fleet", to_fleet, build_fleet)
     recs = op.map("untag_fleet", decided, lambda kv: kv[1])
@@ -151,17 +229,22 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     # power down get no work (docs/workloads.md).
     router_config = RouterConfig(lateness_ms=settings.lateness_ms,
                                  assign_timeout_s=settings.assign_timeout_s)
-    routed = add_router_branch(batches, recs, router_config, router_inputs(source))
-    everything = op.merge("outputs", recs, side, routed, control)
-    op.output("dlq_out", everything, DlqSink(settings.bootstrap, topics.dlq))
-    op.output("assignments_out", everything, AssignmentSink(settings.bootstrap, topics.assignments))
-    op.output("commands_out", everything, CommandSink(settings.bootstrap, topics.commands))
+    routed = add_router_branch(batches, recs, router_config, router_inputs(source), shutdown)
+    # Redis takes whole windows from the fleet step (one ordered stream writer);
+    # PostgreSQL takes each group's rows where they are (keyed upserts, any order).
+    to_redis = op.merge("redis_outputs", recs, side, routed, control)
+    to_pg = op.merge("pg_outputs", group_rows, side, routed, control)
+    group_windows = op.filter("group_windows", group_rows, lambda item: item[0] == Out.WINDOWS)
+    everything = op.merge("outputs", recs, group_windows, side, routed, control)
+    op.output("dlq_out", side, DlqSink(settings.bootstrap, topics.dlq))
+    op.output("assignments_out", routed, AssignmentSink(settings.bootstrap, topics.assignments))
+    op.output("commands_out", control, CommandSink(settings.bootstrap, topics.commands))
     if not settings.no_redis:
         from sinks.redis.sink import RedisSink
 
         op.output(
             "redis_out",
-            everything,
+            to_redis,
             RedisSink(
                 settings.redis, prefix=settings.redis_prefix, stream_maxlen=settings.stream_maxlen
             ),
@@ -169,7 +252,7 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     if not settings.no_pg:
         from sinks.postgres.sink import PostgresSink
 
-        op.output("pg_out", everything, PostgresSink(settings.pg, store_raw=settings.store_raw))
+        op.output("pg_out", to_pg, PostgresSink(settings.pg, store_raw=settings.store_raw))
     for i, sink in enumerate(extra_sinks):
         op.output(f"extra_out_{i}", everything, sink)
     return flow

@@ -1,7 +1,7 @@
 """Prometheus metrics of the streaming job (SPEC section 4), all named ``hcp_*``.
 
 Each metric is updated by the module that knows the number; this module only declares
-them and serves ``/metrics``.
+them; :class:`MetricsEndpoint` serves ``/metrics``, one per run.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections import Counter as _Tally
 
@@ -17,7 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from hcp.errors import ConfigError, HcpError
 
-__all__ = ["configure", "count_bad_input", "observe_window", "serve_once", "set_prices"]
+__all__ = ["MetricsEndpoint", "count_bad_input", "observe_window", "set_prices"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,11 @@ SNAPSHOT_TIME = Gauge(
     "hcp_snapshot_timestamp_seconds",
     "Wall-clock time the fleet stage last snapshotted its state for recovery (Unix time)",
 )
+STAGE_SECONDS = Histogram(
+    "hcp_stage_seconds",
+    "Time spent in one call of a stateful step (shards, site_groups, fleet)",
+    ["stage"],
+)
 WINDOW_CLOSE_DELAY = Gauge(
     "hcp_window_close_delay_seconds",
     "Wall-clock time of the latest window's decision minus its window end",
@@ -130,57 +136,67 @@ _PRICE_GAUGES = {
 }
 _RUNNING = ("mine", "serve", "offer")
 
-_STATE: dict[str, object] = {"port": 0, "host": "127.0.0.1", "started": False}
+class MetricsEndpoint:
+    """The /metrics address of one run; ``port`` 0 turns the endpoint off.
 
-
-def configure(port: int, host: str = "127.0.0.1", *, serve_now: bool = False) -> None:
-    """Set the /metrics address; port 0 turns the endpoint off.
-
-    With ``serve_now`` the endpoint starts here and a port that cannot be bound raises
-    :class:`~hcp.errors.HcpError`: ``hcp run`` was asked for that port, so running without
-    it would hide the job from its monitoring. Without it (``bytewax.run``, where every
-    process of a host reads the same port setting) the first worker starts it lazily and
-    a busy port is only a warning.
+    An object per run rather than module state, handed to the source, so two flows in one
+    process never share it. ``hcp run`` starts it at once (:meth:`serve_now`: a port that
+    cannot be bound stops the job, since running without it would hide the job from its
+    monitoring); under ``bytewax.run`` the first worker starts it (:meth:`serve_once`) and a
+    busy port is only a warning, as every process of a host reads the same setting.
     """
-    if not 0 <= port <= 65535:
-        msg = f"--metrics-port must be a TCP port in 0..65535 (0 turns /metrics off), got {port}"
-        raise ConfigError(msg)
-    if _STATE["started"] and (_STATE["port"], _STATE["host"]) == (port, host):
-        return  # this process already serves exactly that address
-    _STATE["port"] = port
-    _STATE["host"] = host
-    # Known label values start at zero, so "none yet" is a sample a dashboard can show
-    # rather than an empty panel (label values that depend on data appear when first set).
-    for kind in ("gpu", "asic", "prices"):
-        LATE_EVENTS.labels(kind)
-    for device_type in ("gpu", "asic"):
-        WINDOWS_CLOSED.labels(device_type)
-    if serve_now and port:
-        try:
-            _start()
-        except OSError as exc:
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        if not 0 <= port <= 65535:
             msg = (
-                f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}; choose another "
-                f"--metrics-port (HCP_METRICS_PORT), or 0 to turn the endpoint off"
+                f"--metrics-port must be a TCP port in 0..65535 (0 turns /metrics off), "
+                f"got {port}"
             )
-            raise HcpError(msg) from None
+            raise ConfigError(msg)
+        self.port = port
+        self.host = host
+        self._lock = threading.Lock()
+        self._started = False
+        # Known label values start at zero, so "none yet" is a sample a dashboard can show
+        # rather than an empty panel (label values that depend on data appear when first set).
+        for kind in ("gpu", "asic", "prices"):
+            LATE_EVENTS.labels(kind)
+        for device_type in ("gpu", "asic"):
+            WINDOWS_CLOSED.labels(device_type)
 
+    def serve_now(self) -> None:
+        """Start the endpoint here; raise :class:`~hcp.errors.HcpError` if the port is busy."""
+        if not self.port:
+            return
+        with self._lock:
+            if self._started:
+                return
+            try:
+                self._start()
+            except OSError as exc:
+                msg = (
+                    f"cannot serve /metrics on {self.host}:{self.port}: {exc.strerror or exc}; "
+                    f"choose another --metrics-port (HCP_METRICS_PORT), or 0 to turn the "
+                    f"endpoint off"
+                )
+                raise HcpError(msg) from None
 
-def _start() -> None:
-    start_http_server(int(_STATE["port"]), addr=str(_STATE["host"]))
-    _STATE["started"] = True
-    log.info("metrics on http://%s:%d/metrics", _STATE["host"], _STATE["port"])
+    def serve_once(self) -> None:
+        """Start the endpoint the first time a worker of this process needs it."""
+        with self._lock:
+            if self._started or not self.port:
+                return
+            try:
+                self._start()
+            except OSError as exc:
+                log.warning("metrics endpoint not started on port %s: %s", self.port, exc)
+            finally:
+                self._started = True  # one attempt per process, not per worker
 
-
-def serve_once() -> None:
-    """Start the /metrics endpoint the first time a worker in this process needs it."""
-    if _STATE["started"] or not _STATE["port"]:
-        return
-    _STATE["started"] = True  # claimed before trying: one attempt per process, not per worker
-    try:
-        _start()
-    except OSError as exc:
-        log.warning("metrics endpoint not started on port %s: %s", _STATE["port"], exc)
+    def _start(self) -> None:
+        start_http_server(self.port, addr=self.host)
+        self._started = True
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
 
 
 def count_bad_input(topic: str, reasons: list[str]) -> None:

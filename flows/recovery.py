@@ -22,10 +22,11 @@ __all__ = ["RECOVERY_FORMAT", "check_recovery_dir", "describe_mismatch", "prepar
 
 log = logging.getLogger(__name__)
 
-# Bump when the pickled shard or fleet state changes shape or moves (2: the layout of issue 10
-# moved every state class to flows/profitability/ and flows/router/; 3: the router's state
-# gained GPU health, per-workload avoided GPUs and pending reasons, issue 11).
-RECOVERY_FORMAT = 3
+# Bump when the pickled shard or fleet state changes shape, moves, or the flow's stateful
+# steps change (2: the layout of issue 10 moved every state class to flows/profitability/
+# and flows/router/; 3: the router's state gained GPU health, per-workload avoided GPUs and
+# pending reasons, issue 11; 4: site groups between the shards and the fleet step).
+RECOVERY_FORMAT = 4
 MANIFEST = "hcp-recovery.json"
 INITIALISING = ".hcp-initialising"
 
@@ -106,7 +107,7 @@ def _prepare(settings: JobSettings, partitions: dict[str, int], recovery_partiti
             )
             raise RecoveryStateError(msg)
         log.info("resuming from recovery directory %s", root)
-        _check_worker_count(root, settings.workers)
+        _check_worker_count(root, settings.total_workers)
         return root
     if root.exists() and any(root.iterdir()):
         msg = f"{root} is not empty and has no {MANIFEST}; give an empty or new --recovery-dir"
@@ -121,7 +122,7 @@ def _prepare(settings: JobSettings, partitions: dict[str, int], recovery_partiti
     os.replace(tmp, manifest)
     marker.unlink()
     log.info("created %d recovery partitions in %s", recovery_partitions, root)
-    _check_worker_count(root, settings.workers)
+    _check_worker_count(root, settings.total_workers)
     return root
 
 
@@ -168,7 +169,7 @@ def _check_worker_count(root: Path, workers: int) -> None:
     parts = len(list(root.glob("part-*.sqlite3")))
     if parts < workers:
         log.warning(
-            "%s has %d recovery partitions for %d workers in this process; make a new "
+            "%s has %d recovery partitions for %d workers over all processes; make a new "
             "--recovery-dir with --recovery-partitions >= the most workers you will run",
             root, parts, workers,
         )

@@ -47,6 +47,9 @@ class JobSettings:
     snapshot_interval_s: float = default("snapshot_interval_s")
     recovery_partitions: int = default("recovery_partitions")
     workers: int = default("workers")
+    processes: int = default("processes")
+    process_id: int | None = default("process_id")
+    addresses: str | None = default("addresses")
 
     @property
     def topics(self) -> Topics:
@@ -85,7 +88,32 @@ class JobSettings:
         if not self.assign_timeout_s > 0:
             msg = f"--assign-timeout-s must be positive, got {self.assign_timeout_s}"
             raise ConfigError(msg)
+        if (self.process_id is None) != (self.addresses is None):
+            msg = "--process-id and --addresses go together (one cluster member per host)"
+            raise ConfigError(msg)
+        if self.process_id is not None and not 0 <= self.process_id < len(self.address_list):
+            msg = (
+                f"--process-id {self.process_id} is not in 0..{len(self.address_list) - 1} "
+                f"(one per address in --addresses)"
+            )
+            raise ConfigError(msg)
         return self
+
+    @property
+    def address_list(self) -> list[str]:
+        """The cluster's ``host:port`` addresses, process 0 first (empty: no cluster)."""
+        if self.addresses is None:
+            return []
+        text = self.addresses
+        if Path(text).is_file():  # an addresses file: one host:port a line
+            text = Path(text).read_text().replace("\n", ";")
+        return [a.strip() for a in text.split(";") if a.strip()]
+
+    @property
+    def total_workers(self) -> int:
+        """Workers over every process of the cluster."""
+        processes = len(self.address_list) or self.processes
+        return processes * self.workers
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> JobSettings:
@@ -112,7 +140,7 @@ JOB_SETTINGS = (
     "max_price_age_s", "compliance_grace_s", "compliance_windows",
     "assign_timeout_s", "once", "workers", "batch_size", "linger_s", "stream_maxlen",
     "metrics_port", "metrics_host", "no_raw", "no_redis", "no_pg", "recovery_dir",
-    "snapshot_interval_s", "recovery_partitions",
+    "snapshot_interval_s", "recovery_partitions", "processes", "process_id", "addresses",
 )
 
 

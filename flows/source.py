@@ -21,36 +21,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from flows import metrics
 from flows.decode import decode_values
+from flows.lifecycle import Shutdown
+from flows.metrics import MetricsEndpoint
+from hcp.errors import ConfigError
 from hcp.kafka_admin import partition_counts
 from hcp.schemas import ASIC_FIELDS, DLQ_SCHEMA, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, Field
 
-__all__ = [
-    "KafkaBatchSource",
-    "SourceBatch",
-    "request_shutdown",
-    "reset_shutdown",
-    "shutdown_requested",
-]
+__all__ = ["KafkaBatchSource", "SourceBatch"]
 
 log = logging.getLogger(__name__)
-
-# Set by the SIGTERM/SIGINT handler of `hcp run`; sources then end their partitions so the
-# dataflow drains and exits cleanly.
-_SHUTDOWN = {"requested": False}
-
-
-def shutdown_requested() -> bool:
-    return _SHUTDOWN["requested"]
-
-
-def request_shutdown() -> None:
-    _SHUTDOWN["requested"] = True
-
-
-def reset_shutdown() -> None:
-    """Forget an earlier shutdown request: for a process that runs the flow again (tests)."""
-    _SHUTDOWN["requested"] = False
-
 
 KIND_FIELDS: dict[str, tuple[Field, ...]] = {
     "gpu": GPU_FIELDS,
@@ -134,7 +113,9 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         once: bool,
         idle_timeout_s: float,
         linger_s: float = 0.1,
+        shutdown: Shutdown | None = None,
     ) -> None:
+        self._shutdown = shutdown or Shutdown()
         self._kind = kind
         self._topic = topic
         self._partition = partition
@@ -193,7 +174,7 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         self._broker_up = up
 
     def next_batch(self) -> list[SourceBatch]:
-        if self._done or shutdown_requested():
+        if self._done or self._shutdown.requested:
             raise StopIteration
         msgs = self._consumer.consume(self._batch_size - len(self._pending), 0)
         eof = False
@@ -348,6 +329,11 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
     Delivery: at-least-once into the dataflow. The snapshot is the next offset to read,
     so a resume from a Bytewax recovery snapshot re-reads nothing that was committed in
     an earlier epoch and skips nothing after it.
+
+    ``partitions`` (topic -> count) is the layout the flow was built for: with it,
+    building the source does no I/O and the broker is asked only when the dataflow runs
+    (``list_parts``), which stops the job if a topic is missing or has another count.
+    Without it the counts are read from the broker here (the router-only flow).
     """
 
     def __init__(
@@ -358,6 +344,10 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
         once: bool = False,
         idle_timeout_s: float = 30.0,
         linger_s: float = 0.1,
+        *,
+        partitions: dict[str, int] | None = None,
+        shutdown: Shutdown | None = None,
+        metrics_endpoint: MetricsEndpoint | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = topics  # kind -> topic name
@@ -365,24 +355,33 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
         self._once = once
         self._idle_timeout_s = idle_timeout_s
         self._linger_s = linger_s
-        self.partitions = partition_counts(bootstrap, list(topics.values()))
-        missing = [t for t in topics.values() if t not in self.partitions]
-        if missing:
-            from hcp.errors import ConfigError
+        self.shutdown = shutdown or Shutdown()
+        self._endpoint = metrics_endpoint or MetricsEndpoint(0)
+        self._verified = partitions is None
+        if partitions is None:
+            partitions = partition_counts(bootstrap, list(topics.values()))
+            _check_layout(bootstrap, topics, partitions, None)
+        self.partitions = dict(partitions)
 
-            msg = f"topics {missing} do not exist on {bootstrap}; create them with `hcp generate`"
-            raise ConfigError(msg)
-
-    def list_parts(self) -> list[str]:
+    def layout_parts(self) -> list[str]:
+        """The source's partitions as built, without asking the broker."""
         return [
             f"{kind}|{topic}|{p}"
             for kind, topic in self._topics.items()
             for p in range(self.partitions[topic])
         ]
 
+    def list_parts(self) -> list[str]:
+        if not self._verified:
+            # Run time: the first (and only) broker round trip of a pre-built flow.
+            have = partition_counts(self._bootstrap, list(self._topics.values()))
+            _check_layout(self._bootstrap, self._topics, have, self.partitions)
+            self._verified = True
+        return self.layout_parts()
+
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _BatchPartition:
         kind, topic, part = for_part.split("|")
-        metrics.serve_once()
+        self._endpoint.serve_once()
         return _BatchPartition(
             self._bootstrap,
             kind,
@@ -393,4 +392,25 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
             self._once,
             self._idle_timeout_s,
             self._linger_s,
+            self.shutdown,
         )
+
+
+def _check_layout(
+    bootstrap: str, topics: dict[str, str], have: dict[str, int], want: dict[str, int] | None
+) -> None:
+    missing = [t for t in topics.values() if t not in have]
+    if missing:
+        msg = f"topics {missing} do not exist on {bootstrap}; create them with `hcp generate`"
+        raise ConfigError(msg)
+    if want is None:
+        return
+    wrong = {t: (want.get(t), have[t]) for t in topics.values() if want.get(t) != have[t]}
+    if wrong:
+        detail = ", ".join(f"{t} has {h} partitions, the flow was built for {w}"
+                           for t, (w, h) in wrong.items())
+        msg = (
+            f"{detail}; set --partitions/HCP_PARTITIONS to the topics' partition count "
+            f"(see docs/scale-out.md)"
+        )
+        raise ConfigError(msg)

@@ -51,6 +51,7 @@ _TIME = "event time and decisions"
 _RUN = "running"
 _SIM = "simulation"
 _CONTROL = "control loop (docs/control-loop.md)"
+_CLUSTER = "cluster"
 
 SETTINGS: dict[str, Setting] = {
     s.name: s
@@ -133,6 +134,17 @@ SETTINGS: dict[str, Setting] = {
         Setting("recovery_partitions", "HCP_RECOVERY_PARTITIONS", 8,
                 "recovery partitions made in a new --recovery-dir: the most workers, over all "
                 "processes, the job may ever resume with", positive_int, _RUN),
+        # The job as a Bytewax cluster (docs/scale-out.md).
+        Setting("processes", "HCP_PROCESSES", 1,
+                "run the job as a Bytewax cluster of this many processes on this host "
+                "(each with --workers threads); hcp run supervises them", positive_int,
+                _CLUSTER),
+        Setting("process_id", "HCP_PROCESS_ID", None,
+                "this process's index in a multi-host cluster (with --addresses)",
+                non_negative_int, _CLUSTER),
+        Setting("addresses", "HCP_ADDRESSES", None,
+                "every cluster process's host:port, separated by ';', or a file with one a "
+                "line; process 0 first", group=_CLUSTER),
         # The simulated fleet and market (generators/).
         Setting("seed", "HCP_SEED", 7, "random seed", non_negative_int, _SIM),
         Setting("gpus", "HCP_GPUS", 10, "GPUs", non_negative_int, _SIM),

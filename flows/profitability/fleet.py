@@ -1,37 +1,82 @@
-"""Stage two of the profitability flow: whole windows across shards, and power caps.
+"""Stages two and three of the profitability flow: power caps per site, then one order.
 
-A site's devices are spread over every shard, so the power cap (SPEC section 3) can only be
-applied once all shards have closed a window. This stage holds each window until every
-shard's watermark has passed its end, then ranks each capped site's devices and emits the
-window's final recommendations, in window order, sorted by device id.
+A site's devices are spread over every shard (Kafka partition = crc32(device key) % n), so
+a site's power cap (SPEC section 3) can only be applied once every shard has closed the
+window. Sites are hashed into a fixed number of *site groups* (:func:`site_group`): every
+shard sends each group the rows of that group's sites and its watermark, and a group holds
+a window until all shards have passed its end, ranks its capped sites' devices and emits
+the window's final rows (:class:`SiteGroupLogic`). Groups run in parallel on whichever
+workers Bytewax gives their keys; their ``windows``/``recs`` frames go to PostgreSQL from
+those workers.
+
+The Redis recommendation stream needs every window whole, in window order, sorted by
+device id (its ids are ``{window_end}-{seq}``, seq the row's index in that order) and one
+writer; so does the workload router. :class:`FleetLogic` is that one global step: it only
+concatenates the groups' already-capped frames of a window and sorts them by device id.
 """
 
 from __future__ import annotations
 
 import pickle
+import zlib
 from dataclasses import dataclass, field
 
 import polars as pl
 from bytewax.operators import StatefulBatchLogic
 
 from flows import metrics
+from flows.lifecycle import Shutdown
 from flows.profitability import kernels as k
 from flows.profitability.shard import NEG_INF, POS_INF
-from flows.source import shutdown_requested
 from hcp.schemas import REC_SCHEMA, WINDOW_SCHEMA
 from hcp.tags import Out
 
-__all__ = ["FleetLogic", "FleetState", "apply_power_caps"]
+__all__ = [
+    "FleetLogic",
+    "FleetState",
+    "SiteGroupLogic",
+    "apply_power_caps",
+    "site_group",
+    "split_by_site_group",
+]
 
 _RUNNING = ["mine", "serve", "offer"]
 
 
 @dataclass
 class FleetState:
+    """What a gate (site group or the fleet order step) keeps; pickled for recovery."""
+
+    # Closed-window boundary reported by each upstream key (shard or site group).
     shard_wm: dict[str, int] = field(default_factory=dict)
     pending: dict[int, list[pl.DataFrame]] = field(default_factory=dict)
-    # The last ("fleet_wm", wm) sent: the workload router waits for it (flows/router/clock.py).
+    # The last watermark sent downstream (the router waits for the fleet's: clock.py).
     emitted_wm: int = NEG_INF
+    # The site group this state belongs to ("" for the fleet step); learnt from items.
+    key: str = ""
+
+
+def site_group(site: str | None, groups: int) -> int:
+    """The site group of ``site``: stable across processes and runs (crc32, not hash())."""
+    return zlib.crc32((site or "").encode()) % groups
+
+
+def split_by_site_group(df: pl.DataFrame, groups: int) -> list[tuple[int, pl.DataFrame]]:
+    """``df``'s rows per site group, groups ascending, row order kept."""
+    if groups == 1:
+        return [(0, df)]
+    sites = df["site"].fill_null("")
+    table = {name: site_group(name, groups) for name in sites.unique().to_list()}
+    if len(set(table.values())) == 1:
+        return [(next(iter(table.values())), df)]
+    ids = sites.replace_strict(table, return_dtype=pl.Int64)
+    tagged = df.with_columns(ids.alias("_group"))
+    return [
+        (int(key[0]), part.drop("_group"))  # type: ignore[arg-type]
+        for key, part in sorted(
+            tagged.partition_by("_group", as_dict=True, maintain_order=True).items()
+        )
+    ]
 
 
 def apply_power_caps(df: pl.DataFrame) -> pl.DataFrame:
@@ -67,13 +112,24 @@ def apply_power_caps(df: pl.DataFrame) -> pl.DataFrame:
     return ranked.drop("_per_kwh", "_site").sort("device_id")
 
 
-class FleetLogic(StatefulBatchLogic[tuple, tuple, bytes]):
-    """Collects shards' ``win``/``wm`` items; emits ``("recs", df)`` and ``("windows", df)``."""
+class _WindowGate(StatefulBatchLogic[tuple, tuple, bytes]):
+    """Holds ``("win", up, start, df)`` items until every upstream ``("wm", up, W)`` passed.
 
-    def __init__(self, shards: tuple[str, ...], flush_on_eof: bool, state: FleetState) -> None:
-        self.shards = shards
+    Subclasses say what a ready window becomes (:meth:`_release`) and what the watermark
+    they pass on looks like (:meth:`_watermark_item`).
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, ...],
+        flush_on_eof: bool,
+        state: FleetState,
+        shutdown: Shutdown | None = None,
+    ) -> None:
+        self.upstream = upstream
         self.flush_on_eof = flush_on_eof
         self.s = state
+        self.shutdown = shutdown or Shutdown()
 
     def on_batch(self, values: list[tuple]) -> tuple[list[tuple], bool]:
         for item in values:
@@ -81,16 +137,14 @@ class FleetLogic(StatefulBatchLogic[tuple, tuple, bytes]):
                 _, _, start, df = item
                 self.s.pending.setdefault(start, []).append(df)
             else:
-                _, shard, wm = item
-                self.s.shard_wm[shard] = max(wm, self.s.shard_wm.get(shard, NEG_INF))
-        wm = min((self.s.shard_wm.get(s, NEG_INF) for s in self.shards), default=NEG_INF)
-        if NEG_INF < wm < POS_INF:
-            metrics.WATERMARK.set(wm / 1000.0)
+                _, up, wm = item
+                self.s.shard_wm[up] = max(wm, self.s.shard_wm.get(up, NEG_INF))
+        wm = min((self.s.shard_wm.get(u, NEG_INF) for u in self.upstream), default=NEG_INF)
         return self._emit_ready(wm), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple], bool]:
         # Not on SIGTERM: the shards did not close their windows either (see ShardLogic).
-        if not self.flush_on_eof or shutdown_requested():
+        if not self.flush_on_eof or self.shutdown.requested:
             return [], StatefulBatchLogic.RETAIN
         return self._emit_ready(POS_INF), StatefulBatchLogic.RETAIN
 
@@ -106,18 +160,72 @@ class FleetLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             if end > wm:
                 break
             del self.s.pending[start]
-            df = apply_power_caps(pl.concat(frames, how="diagonal_relaxed").sort("device_id"))
-            for action, n in df["action"].value_counts().iter_rows():
-                metrics.RECOMMENDATIONS.labels(action).inc(n)
-            metrics.observe_window(df)
-            out.append((Out.WINDOWS, _conform(df, WINDOW_SCHEMA)))
-            out.append((Out.RECS, _conform(df, REC_SCHEMA)))
-        # After the recs it covers, on the same stream, so the router never sees a
-        # watermark before the recommendations of the windows it closes.
-        if wm > getattr(self.s, "emitted_wm", NEG_INF):  # absent in older snapshots
+            out.extend(self._release(start, frames))
+        # After the windows it covers, on the same stream, so downstream never sees a
+        # watermark before the rows of the windows it closes.
+        if wm > self.s.emitted_wm:
             self.s.emitted_wm = wm
-            out.append((Out.FLEET_WM, wm))
+            out.append(self._watermark_item(wm))
         return out
+
+    def _release(self, start: int, frames: list[pl.DataFrame]) -> list[tuple]:
+        raise NotImplementedError
+
+    def _watermark_item(self, wm: int) -> tuple:
+        raise NotImplementedError
+
+
+class SiteGroupLogic(_WindowGate):
+    """One site group: collects shards' ``win``/``wm`` items and applies power caps.
+
+    Emits, per window, ``("windows", df)`` and ``("recs", df)`` (the group's rows, for the
+    sinks on this worker), ``("win", group, start, recs)`` for the fleet step, and
+    ``("wm", group, W)`` when the group's closed-window boundary moves. Bytewax 0.21
+    builds stateful logic without its key, so items come as ``(group, item)``.
+    """
+
+    def on_batch(self, values: list[tuple]) -> tuple[list[tuple], bool]:
+        if values:
+            self.s.key = values[0][0]
+        return super().on_batch([item for _, item in values])
+
+    def _release(self, start: int, frames: list[pl.DataFrame]) -> list[tuple]:
+        df = apply_power_caps(pl.concat(frames, how="diagonal_relaxed").sort("device_id"))
+        for action, n in df["action"].value_counts().iter_rows():
+            metrics.RECOMMENDATIONS.labels(action).inc(n)
+        metrics.observe_window(df)  # per-site gauges: each site is in exactly one group
+        recs = _conform(df, REC_SCHEMA)
+        return [
+            (Out.WINDOWS, _conform(df, WINDOW_SCHEMA)),
+            (Out.RECS, recs),
+            ("win", self.s.key, start, recs),
+        ]
+
+    def _watermark_item(self, wm: int) -> tuple:
+        return ("wm", self.s.key, wm)
+
+
+class FleetLogic(_WindowGate):
+    """The one global step: whole windows, in window order, sorted by device id.
+
+    Collects site groups' ``win``/``wm`` items (rows already capped and conformed to
+    REC_SCHEMA); emits ``("recs", df)`` per window and ``("fleet_wm", wm)``, for the
+    Redis writer and the workload router.
+    """
+
+    def on_batch(self, values: list[tuple]) -> tuple[list[tuple], bool]:
+        out = super().on_batch(values)
+        wm = self.s.emitted_wm
+        if NEG_INF < wm < POS_INF:
+            metrics.WATERMARK.set(wm / 1000.0)
+        return out
+
+    def _release(self, start: int, frames: list[pl.DataFrame]) -> list[tuple]:
+        df = frames[0] if len(frames) == 1 else pl.concat(frames).sort("device_id")
+        return [(Out.RECS, df)]
+
+    def _watermark_item(self, wm: int) -> tuple:
+        return (Out.FLEET_WM, wm)
 
 
 def _conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:

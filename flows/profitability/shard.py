@@ -19,10 +19,11 @@ import polars as pl
 from bytewax.operators import StatefulBatchLogic
 
 from flows import metrics
+from flows.lifecycle import Shutdown
 from flows.profitability import kernels as k
 from flows.profitability.prices import DEFAULT_BLOCK_REWARD, PriceBook, price_rows
 from flows.profitability.registry import DeviceRegistry
-from flows.source import SourceBatch, shutdown_requested
+from flows.source import SourceBatch
 from hcp.schemas import ASIC_STATES, GPU_STATES
 
 __all__ = ["NEG_INF", "POS_INF", "ShardConfig", "ShardLogic", "ShardState"]
@@ -96,8 +97,14 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
     its key, so each item carries its shard and a fresh logic learns it from the first.
     """
 
-    def __init__(self, make_config: Callable[[str], ShardConfig], state: ShardState | None) -> None:
+    def __init__(
+        self,
+        make_config: Callable[[str], ShardConfig],
+        state: ShardState | None,
+        shutdown: Shutdown | None = None,
+    ) -> None:
         self._make_config = make_config
+        self._shutdown = shutdown or Shutdown()
         self.s: ShardState | None = None
         if state is not None:
             self._adopt(state)
@@ -122,7 +129,7 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
         # A SIGTERM ends the input early: closing every window then would emit partial
         # windows and snapshot a state that counts all later input as late. Asked here, not
         # when the logic was built, because the signal can come at any time in between.
-        if self.s is None or not self.cfg.flush_on_eof or shutdown_requested():
+        if self.s is None or not self.cfg.flush_on_eof or self._shutdown.requested:
             return [], StatefulBatchLogic.RETAIN
         return self._close_ready(POS_INF), StatefulBatchLogic.RETAIN
 

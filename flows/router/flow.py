@@ -26,9 +26,10 @@ import polars as pl
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
+from flows.lifecycle import Shutdown
 from flows.router.clock import GPU_COLUMNS, RouterClock
 from flows.router.router import Router, RouterConfig
-from flows.source import KafkaBatchSource, SourceBatch, shutdown_requested
+from flows.source import KafkaBatchSource, SourceBatch
 from hcp.tags import Out
 from sinks.assignments import AssignmentSink
 
@@ -56,8 +57,9 @@ class RouterLogic(StatefulBatchLogic[tuple, tuple, bytes]):
     ``hcp.schemas.GPU_HEALTH_SCHEMA``).
     """
 
-    def __init__(self, clock: RouterClock) -> None:
+    def __init__(self, clock: RouterClock, shutdown: Shutdown | None = None) -> None:
         self.clock = clock
+        self.shutdown = shutdown or Shutdown()
 
     @property
     def router(self) -> Router:
@@ -80,7 +82,7 @@ class RouterLogic(StatefulBatchLogic[tuple, tuple, bytes]):
     def on_eof(self) -> tuple[list[tuple], bool]:
         # --once: the input is complete, so every remaining tick can run. Not on SIGTERM:
         # the pending inputs stay in the snapshot and run after a resume.
-        if not shutdown_requested():
+        if not self.shutdown.requested:
             self.clock.advance(final=True)
         return self._drain(), StatefulBatchLogic.RETAIN
 
@@ -127,7 +129,7 @@ def _rec_items(item: Any) -> list[tuple[str, tuple]]:
 def router_inputs(source: KafkaBatchSource) -> tuple[str, ...]:
     """The ``topic#partition`` ids of ``source`` that the router reads."""
     out = []
-    for part in source.list_parts():
+    for part in source.layout_parts():
         kind, topic, p = part.split("|")
         if kind in ROUTED_KINDS:
             out.append(f"{topic}#{p}")
@@ -154,6 +156,7 @@ def add_router_branch(
     recs: Stream[Any] | None = None,
     config: RouterConfig | None = None,
     inputs: tuple[str, ...] | None = None,
+    shutdown: Shutdown | None = None,
 ) -> Stream[tuple]:
     """Add the router to a flow; returns its tagged outputs.
 
@@ -162,7 +165,8 @@ def add_router_branch(
     items carry recommendations (``device_id, device_type, action, window_end``), so
     ``power_down`` GPUs get no work, and its ``("fleet_wm", wm)`` items say which windows
     are final. ``inputs`` are the ``topic#partition`` ids to wait for (see
-    :func:`router_inputs`); by default they are read from the flow's source.
+    :func:`router_inputs`); by default they are read from the flow's source. ``shutdown``
+    is the run's stop request (a stopped run keeps its pending ticks for a resume).
     """
     if inputs is None:
         inputs = _find_inputs(batches)
@@ -175,11 +179,11 @@ def add_router_branch(
 
     def build(resume: bytes | None) -> RouterLogic:
         if resume is None:
-            return RouterLogic(RouterClock.create(Router(config), inputs, gated))
+            return RouterLogic(RouterClock.create(Router(config), inputs, gated), shutdown)
         state = pickle.loads(resume)
         if isinstance(state, Router):  # a snapshot from before the tick clock
             state = RouterClock.create(state, inputs, gated)
-        return RouterLogic(state)
+        return RouterLogic(state, shutdown)
 
     routed = op.stateful_batch("router", items, build)
     return op.map("untag_router", routed, lambda kv: kv[1])

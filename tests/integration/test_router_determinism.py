@@ -89,15 +89,19 @@ def test_streaming_run_emits_a_prefix_of_the_once_run(bootstrap: str, generated:
 
     from bytewax.testing import run_main
 
-    from flows import source
     from flows.dataflow import build_flow
+    from flows.layout import TopicLayout
+    from flows.lifecycle import Shutdown
     from flows.settings import JobSettings
 
     full, _ = outputs(run_once(bootstrap, generated))
     settings = JobSettings(bootstrap=bootstrap, topic_prefix=generated.prefix, once=False,
                            no_redis=True, no_pg=True, metrics_port=0, idle_timeout_s=2)
     sink = CaptureSink()
-    job = threading.Thread(target=run_main, args=(build_flow(settings, extra_sinks=[sink]),))
+    shutdown = Shutdown()
+    flow = build_flow(settings, extra_sinks=[sink], layout=TopicLayout.from_broker(settings),
+                      shutdown=shutdown)
+    job = threading.Thread(target=run_main, args=(flow,))
     job.start()
     try:
         deadline = time.monotonic() + 60
@@ -110,9 +114,8 @@ def test_streaming_run_emits_a_prefix_of_the_once_run(bootstrap: str, generated:
             elif n > 0 and time.monotonic() - stable_since > 4:
                 break
     finally:
-        source.request_shutdown()
+        shutdown.request()
         job.join(60)
-        source.reset_shutdown()
     assert not job.is_alive()
     wms = [wm for tag, wm in sink.items if tag == "fleet_wm"]
     assert wms and max(wms) < T0 + 660_000  # the last windows are still open

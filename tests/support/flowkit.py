@@ -12,6 +12,7 @@ from bytewax.testing import cluster_main, run_main
 from confluent_kafka import Producer
 
 from flows.dataflow import build_flow
+from flows.layout import TopicLayout
 from flows.settings import JobSettings
 from hcp.kafka_admin import ensure_topics
 from hcp.topics import Topics
@@ -119,7 +120,7 @@ def run_once(bootstrap: str, topics: Topics, workers: int = 1, **overrides: obje
         **overrides,  # type: ignore[arg-type]
     )
     sink = CaptureSink()
-    flow = build_flow(settings, extra_sinks=[sink])
+    flow = build_flow(settings, extra_sinks=[sink], layout=TopicLayout.from_broker(settings))
     if workers == 1:
         run_main(flow)
     else:

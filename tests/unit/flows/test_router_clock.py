@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 from prometheus_client import REGISTRY
 
-from flows.profitability.fleet import FleetLogic, FleetState
+from flows.profitability.fleet import FleetLogic, FleetState, SiteGroupLogic
 from flows.profitability.shard import NEG_INF
 from flows.router.clock import RouterClock
 from flows.router.router import Router, RouterConfig
@@ -203,17 +203,23 @@ def test_a_timer_runs_in_a_tick_without_input() -> None:
 
 
 def test_fleet_stage_sends_its_watermark_after_the_recs() -> None:
-    logic = FleetLogic(("0", "1"), False, FleetState())
+    group = SiteGroupLogic(("0", "1"), False, FleetState())
     win = pl.DataFrame({"device_id": ["gpu-1"], "device_type": ["gpu"], "site": ["site-01"],
                         "window_end": [T0], "action": ["serve"], "power_w": [690.0],
                         "net_usd_hr": [1.5], "expected_power_w": [700.0],
                         "expected_net_usd_hr": [1.0], "power_cap_mw": [None]},
                        schema_overrides={"power_cap_mw": pl.Float64})
-    out, _ = logic.on_batch([("win", "0", T0 - 60_000, win), ("wm", "0", T0)])
+    out, _ = group.on_batch([("0", ("win", "0", T0 - 60_000, win)), ("0", ("wm", "0", T0))])
     assert out == []  # shard 1 has not closed anything
-    out, _ = logic.on_batch([("wm", "1", T0)])
-    assert [item[0] for item in out] == ["windows", "recs", "fleet_wm"]
-    assert out[-1] == ("fleet_wm", T0)
-    out, _ = logic.on_batch([("wm", "1", T0)])
+    out, _ = group.on_batch([("0", ("wm", "1", T0))])
+    assert [item[0] for item in out] == ["windows", "recs", "win", "wm"]
+    assert out[-1] == ("wm", "0", T0)
+    fleet = FleetLogic(("0", "1"), False, FleetState())
+    got, _ = fleet.on_batch(out[2:])
+    assert got == []  # site group 1 has not closed anything
+    got, _ = fleet.on_batch([("wm", "1", T0)])
+    assert [item[0] for item in got] == ["recs", "fleet_wm"]
+    assert got[-1] == ("fleet_wm", T0)
+    out, _ = fleet.on_batch([("wm", "1", T0)])
     assert out == []  # no progress, no repeat
     assert FleetState().emitted_wm == NEG_INF
