@@ -94,6 +94,8 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
             dwell_ms=settings.dwell_ms,
             flush_on_eof=settings.once and not shutdown_requested(),
             inputs=shard_inputs(int(shard)),
+            idle_timeout_s=settings.idle_timeout_s,
+            counts_late_prices=shard == shard_ids[0],
         )
 
     def build_shard(resume: bytes | None) -> ShardLogic:
@@ -128,7 +130,11 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     # The router places AI work on GPUs; it reads the recommendations so that GPUs told to
     # power down get no work (docs/workloads.md).
     routed = add_router_branch(
-        batches, recs, RouterConfig(lateness_ms=settings.lateness_ms), router_inputs(source)
+        batches,
+        recs,
+        RouterConfig(lateness_ms=settings.lateness_ms),
+        router_inputs(source),
+        idle_timeout_s=settings.idle_timeout_s,
     )
     everything = op.merge("outputs", recs, side, routed)
     op.output("dlq_out", everything, DlqSink(settings.bootstrap, topics.dlq))

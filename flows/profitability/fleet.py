@@ -16,7 +16,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from flows import metrics
 from flows.profitability import kernels as k
-from flows.profitability.shard import NEG_INF, POS_INF
+from flows.progress import NEG_INF, POS_INF
 from flows.source import shutdown_requested
 from hcp.schemas import REC_SCHEMA, WINDOW_SCHEMA
 

@@ -22,6 +22,7 @@ from flows import metrics
 from flows.profitability import kernels as k
 from flows.profitability.prices import DEFAULT_BLOCK_REWARD, PriceBook, price_rows
 from flows.profitability.registry import DeviceRegistry
+from flows.progress import NEG_INF, POS_INF, Progress
 from flows.source import SourceBatch, shutdown_requested
 from hcp.schemas import ASIC_STATES, GPU_STATES
 
@@ -29,8 +30,6 @@ __all__ = ["NEG_INF", "POS_INF", "ShardConfig", "ShardLogic", "ShardState"]
 
 log = logging.getLogger(__name__)
 
-NEG_INF = -(2**62)
-POS_INF = 2**62
 # What an H100 SXM draws when rented: its board power. Used for the expected profit of
 # an idle GPU, which has no busy samples of its own to go by.
 GPU_RENTED_POWER_W = 700.0
@@ -48,13 +47,11 @@ class ShardConfig:
     flush_on_eof: bool
     # Input ids ("topic#partition") whose progress bounds this shard's watermark.
     inputs: tuple[str, ...]
-
-
-@dataclass
-class _Input:
-    max_ts: int = NEG_INF
-    eof: bool = False
-    idle: bool = False
+    # The source's --idle-timeout-s: how long an input idle through a pause holds the
+    # watermark after the pause ends (flows/progress.py).
+    idle_timeout_s: float = 0.0
+    # Every shard sees every price: only one of them counts late prices in the metric.
+    counts_late_prices: bool = True
 
 
 @dataclass
@@ -62,7 +59,8 @@ class ShardState:
     """Everything a shard keeps; pickled whole for Bytewax recovery snapshots."""
 
     shard: str
-    inputs: dict[str, _Input] = field(default_factory=dict)
+    # Per-input event-time progress (flows/progress.py); made from the config on adoption.
+    progress: Progress | None = None
     gpus: DeviceRegistry = field(default_factory=DeviceRegistry)
     asics: DeviceRegistry = field(default_factory=DeviceRegistry)
     gpu_windows: dict[int, np.ndarray] = field(default_factory=dict)
@@ -102,8 +100,12 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
     def _adopt(self, state: ShardState) -> None:
         self.s = state
         self.cfg = self._make_config(state.shard)
+        if state.progress is None:
+            state.progress = Progress.create(
+                self.cfg.lateness_ms, self.cfg.inputs, self.cfg.idle_timeout_s
+            )
         for input_id in self.cfg.inputs:
-            state.inputs.setdefault(input_id, _Input())
+            state.progress.expect(input_id)
 
     # --- Bytewax hooks ---------------------------------------------------------------
 
@@ -112,7 +114,7 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             if self.s is None:
                 self._adopt(ShardState(shard))
             self._fold(batch)
-        out = self._close_ready(self._watermark())
+        out = self._close_ready(self.s.progress.watermark())
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple], bool]:
@@ -129,20 +131,20 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
     # --- folding -----------------------------------------------------------------------
 
     def _fold(self, batch: SourceBatch) -> None:
-        inp = self.s.inputs.setdefault(batch.input_id, _Input())
-        inp.eof = inp.eof or batch.eof
-        inp.idle = batch.idle
         rows = batch.rows
+        progress = self.s.progress
         if rows.height == 0:
+            progress.observe(batch.input_id, None, batch.eof, batch.idle)
             return
         started = time.perf_counter()
         ts = rows["ts"].to_numpy()
-        late, inp.max_ts = k.late_mask(ts, inp.max_ts, self.cfg.lateness_ms)
+        late = progress.observe(batch.input_id, ts, batch.eof, batch.idle)
         # Windows already closed (possible only after an idle input resumed) are late too.
         late |= ts < self.s.closed_until
         n_late = int(late.sum())
-        if n_late:
+        if n_late and (batch.kind != "prices" or self.cfg.counts_late_prices):
             metrics.LATE_EVENTS.labels(batch.kind).inc(n_late)
+        if n_late:
             rows = rows.filter(pl.Series(~late))
             ts = ts[~late]
         if rows.height:
@@ -214,22 +216,7 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             self.s.asic_windows[start] = acc
             k.accumulate_asic(acc, dev[mask], *(c[mask] for c in cols), state[mask])
 
-    # --- watermark and closing -----------------------------------------------------------
-
-    def _watermark(self) -> int:
-        marks = []
-        idle_marks = []
-        for inp in self.s.inputs.values():
-            if inp.eof:
-                continue
-            mark = inp.max_ts - self.cfg.lateness_ms if inp.max_ts > NEG_INF else NEG_INF
-            (idle_marks if inp.idle else marks).append(mark)
-        if marks:
-            return min(marks)
-        if idle_marks:
-            # Every live input is idle: nothing is coming, so trust the furthest one.
-            return max(idle_marks)
-        return POS_INF
+    # --- closing -------------------------------------------------------------------------
 
     def _close_ready(self, watermark: int) -> list[tuple]:
         out: list[tuple] = []

@@ -149,6 +149,7 @@ def add_router_branch(
     recs: Stream[Any] | None = None,
     config: RouterConfig | None = None,
     inputs: tuple[str, ...] | None = None,
+    idle_timeout_s: float = 0.0,
 ) -> Stream[tuple]:
     """Add the router to a flow; returns its tagged outputs.
 
@@ -158,6 +159,8 @@ def add_router_branch(
     ``power_down`` GPUs get no work, and its ``("fleet_wm", wm)`` items say which windows
     are final. ``inputs`` are the ``topic#partition`` ids to wait for (see
     :func:`router_inputs`); by default they are read from the flow's source.
+    ``idle_timeout_s`` is the source's: an input idle through a pause holds the watermark
+    that long after the pause ends (flows/progress.py).
     """
     if inputs is None:
         inputs = _find_inputs(batches)
@@ -170,10 +173,10 @@ def add_router_branch(
 
     def build(resume: bytes | None) -> RouterLogic:
         if resume is None:
-            return RouterLogic(RouterClock.create(Router(config), inputs, gated))
+            return RouterLogic(RouterClock.create(Router(config), inputs, gated, idle_timeout_s))
         state = pickle.loads(resume)
         if isinstance(state, Router):  # a snapshot from before the tick clock
-            state = RouterClock.create(state, inputs, gated)
+            state = RouterClock.create(state, inputs, gated, idle_timeout_s)
         return RouterLogic(state)
 
     routed = op.stateful_batch("router", items, build)
@@ -196,7 +199,9 @@ def build_router_flow(settings: Any, config: RouterConfig | None = None) -> Data
     if config is None:
         # Late means the same here as in the profitability flow: --lateness-s.
         config = RouterConfig(lateness_ms=settings.lateness_ms)
-    out = add_router_branch(batches, None, config, router_inputs(source))
+    out = add_router_branch(
+        batches, None, config, router_inputs(source), idle_timeout_s=settings.idle_timeout_s
+    )
     dlq = op.flat_map(
         "router_dlq", batches, lambda b: [("dlq", b.dlq)] if b.dlq.height else []
     )
