@@ -33,10 +33,18 @@ REASONS = (
     "no_price",
     "running_workload",
     "device_down",
+    "device_fault",
 )
-PROFITABLE, UNPROFITABLE, POWER_CAP, HYSTERESIS_HOLD, NO_PRICE, RUNNING_WORKLOAD, DEVICE_DOWN = (
-    range(7)
-)
+(
+    PROFITABLE,
+    UNPROFITABLE,
+    POWER_CAP,
+    HYSTERESIS_HOLD,
+    NO_PRICE,
+    RUNNING_WORKLOAD,
+    DEVICE_DOWN,
+    DEVICE_FAULT,
+) = range(8)
 
 # Rows of the per-window accumulator matrices (field x device).
 G_COUNT, G_UTIL, G_POWER, G_TEMP, G_BUSY, G_LAST_STATE = range(6)
@@ -58,7 +66,7 @@ ASIC_FIELDS_N = 11
 
 # GPU state codes follow hcp.schemas.GPU_STATES, ASIC codes hcp.schemas.ASIC_STATES.
 GPU_BUSY, GPU_IDLE, GPU_DOWN = 0, 1, 2
-ASIC_MINING = 0
+ASIC_MINING, ASIC_FAULT = 0, 2
 
 TWO_32 = 4294967296.0
 
@@ -169,6 +177,7 @@ def asic_decisions(
     mean_power: np.ndarray,
     mining_hash: np.ndarray,
     mining_power: np.ndarray,
+    last_state: np.ndarray,
     electricity: np.ndarray,
     btc_usd: float,
     difficulty: float,
@@ -188,7 +197,10 @@ def asic_decisions(
     """Profitability and mine/curtail decisions of one window's ASICs (SPEC 2 and 3).
 
     ``mining_hash``/``mining_power`` are the means over this window's `mining` samples
-    (NaN when it had none); they update the expected hashrate and power. ``action``,
+    (NaN when it had none); they update the expected hashrate and power. An ASIC whose
+    last sample is ``fault`` is curtailed (``device_fault``), as a down GPU is powered
+    down: it earns nothing, and under a power cap it must not take budget from working
+    miners; its mine/curtail state is left as it was for when it recovers. ``action``,
     ``last_switch``, ``exp_hash`` and ``exp_power`` are the devices' decision state,
     updated in place. ``out`` rows: revenue, cost, net, score, expected revenue, cost,
     net, power.
@@ -208,6 +220,10 @@ def asic_decisions(
         e_net = e_rev - e_cost
         _put_figures(out, i, revenue, cost, e_rev, e_cost, exp_power[i])
         cur = action[i]
+        if last_state[i] == ASIC_FAULT:
+            out_action[i] = CURTAIL
+            out_reason[i] = DEVICE_FAULT
+            continue
         if np.isnan(e_net):
             out_action[i] = cur
             out_reason[i] = NO_PRICE

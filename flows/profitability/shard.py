@@ -343,6 +343,7 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             mean_power,
             mining_hash,
             mining_power,
+            acc[k.A_LAST_STATE, idx].astype(np.int8),
             elec,
             btc,
             difficulty,

@@ -87,7 +87,8 @@ def price_key(msg: dict) -> str:
 # --- the per-device window fold -----------------------------------------------------------
 
 # GPU state: [count, util, power, temp, busy, last_state, site, model]
-# ASIC state: [count, hash, power, temp, acc, rej, hw, mcount, mhash, mpower, site, model]
+# ASIC state: [count, hash, power, temp, acc, rej, hw, mcount, mhash, mpower, site, model,
+#              last_state]
 
 
 def fold_sample(state: list | None, item: tuple[str, dict]) -> list:
@@ -105,7 +106,7 @@ def fold_sample(state: list | None, item: tuple[str, dict]) -> list:
         state[5] = m["state"]
         return state
     if state is None:
-        state = [0.0] * 10 + [m["site"], m["model"]]
+        state = [0.0] * 10 + [m["site"], m["model"], ""]
     h, p = m["hashrate_ths"], m["power_w"]
     state[0] += 1.0
     state[1] += h
@@ -118,6 +119,7 @@ def fold_sample(state: list | None, item: tuple[str, dict]) -> list:
         state[7] += 1.0
         state[8] += h
         state[9] += p
+    state[12] = m["state"]
     return state
 
 
@@ -198,7 +200,9 @@ def _asic_rec(st: _Asic, sums: list, prices: _Prices, end: int, cfg: BaselineCon
     e_cost = st.exp_power / 1e6 * elec
     e_net = e_rev - e_cost
     cur = st.action
-    if math.isnan(e_net):
+    if sums[12] == "fault":
+        action, reason = "curtail", "device_fault"  # its mine/curtail state is kept
+    elif math.isnan(e_net):
         action, reason = cur, "no_price"
     else:
         margin = cfg.hysteresis * e_rev
