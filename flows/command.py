@@ -14,6 +14,7 @@ from bytewax.run import cli_main
 from flows.dataflow import build_flow
 from flows.settings import JobSettings, add_job_args
 from flows.source import request_shutdown
+from hcp.errors import HcpError
 from hcp.kafka_admin import check_broker, partition_counts
 
 __all__ = ["register"]
@@ -40,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = JobSettings.from_args(args)
     check_broker(settings.bootstrap)
+    if not settings.no_redis:
+        from sinks.redis.sink import check_redis
+
+        check_redis(settings.redis)
     if not settings.no_pg:
         from sinks.postgres.schema import apply_migrations
 
@@ -61,11 +66,29 @@ def run(args: argparse.Namespace) -> int:
         prepare_recovery_dir(settings, parts, settings.recovery_partitions)
         recovery = RecoveryConfig(str(settings.recovery_dir))
     started = time.perf_counter()
-    cli_main(
-        flow,
-        workers_per_process=settings.workers,
-        epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
-        recovery_config=recovery,
-    )
+    try:
+        cli_main(
+            flow,
+            workers_per_process=settings.workers,
+            epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+            recovery_config=recovery,
+        )
+    except Exception as exc:
+        # Bytewax wraps what a step raised; HCP's own errors are one line for the user.
+        cause = _hcp_error(exc)
+        if cause is None:
+            raise
+        raise cause from None
     log.info("job finished in %.1f s", time.perf_counter() - started)
     return 0
+
+
+def _hcp_error(exc: BaseException) -> HcpError | None:
+    """The HCP error a step raised, found in the chain of Bytewax's wrapping exceptions."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, HcpError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

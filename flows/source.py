@@ -21,6 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from flows import metrics
 from flows.decode import decode_values
+from hcp import shutdown
 from hcp.kafka_admin import partition_counts
 from hcp.schemas import ASIC_FIELDS, DLQ_SCHEMA, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, Field
 
@@ -34,22 +35,21 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Set by the SIGTERM/SIGINT handler of `hcp run`; sources then end their partitions so the
-# dataflow drains and exits cleanly.
-_SHUTDOWN = {"requested": False}
+# Set by the SIGTERM/SIGINT handler of `hcp run` (hcp/shutdown.py); sources then end their
+# partitions so the dataflow drains and exits cleanly.
 
 
 def shutdown_requested() -> bool:
-    return _SHUTDOWN["requested"]
+    return shutdown.requested()
 
 
 def request_shutdown() -> None:
-    _SHUTDOWN["requested"] = True
+    shutdown.request()
 
 
 def reset_shutdown() -> None:
     """Forget an earlier shutdown request: for a process that runs the flow again (tests)."""
-    _SHUTDOWN["requested"] = False
+    shutdown.reset()
 
 
 KIND_FIELDS: dict[str, tuple[Field, ...]] = {

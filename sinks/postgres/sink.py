@@ -23,6 +23,7 @@ import polars as pl
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from hcp import shutdown
 from hcp.errors import SinkUnavailableError
 from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
 from sinks.postgres.schema import apply_migrations, redact_dsn
@@ -192,7 +193,15 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
             except _RETRYABLE as exc:
                 self._drop_connection()
                 self._on_failure(exc)
-                time.sleep(backoff)
+                # A stop request (hcp run's SIGTERM/SIGINT) ends the wait within a fraction
+                # of a second: an outage may be waited out, a stop may not be.
+                if shutdown.wait(backoff):
+                    msg = (
+                        f"stopped while PostgreSQL at {redact_dsn(self._config.dsn)} was "
+                        f"unavailable ({self._outage.last_error if self._outage else exc}); "
+                        "the held batch was not written"
+                    )
+                    raise SinkUnavailableError(msg) from None
                 backoff = min(backoff * 2, self._config.backoff_max_s)
                 continue
             SINK_WRITE_SECONDS.labels(sink="postgres").observe(time.perf_counter() - started)

@@ -13,7 +13,11 @@
 made effectively exactly-once by idempotent writes (a replayed batch leaves the same state
 and adds no stream entries). While Redis is down or erroring the batch is held and retried
 with exponential backoff, which blocks the worker: that is Bytewax's backpressure, and
-nothing is dropped.
+nothing is dropped. Two things end the wait: a stop request (``hcp run``'s SIGTERM/SIGINT,
+:mod:`hcp.shutdown`), which raises :class:`SinkUnavailableError` within a fraction of a
+second, and an answer that no retry can change (a DB index out of range, bad
+credentials), which raises :class:`ConfigError` at once: a misconfiguration is not an
+outage.
 """
 
 from __future__ import annotations
@@ -27,19 +31,57 @@ import polars as pl
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from hcp.errors import SinkUnavailableError
+from hcp import shutdown
+from hcp.errors import ConfigError, SinkUnavailableError
 from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
 from sinks.redis.events import write_prices, write_workload_events
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
 from sinks.redis.recs import HashCache, RecWriteStats, write_recs
 
-__all__ = ["RedisSink", "RedisWriter"]
+__all__ = ["RedisSink", "RedisWriter", "check_redis", "config_problem"]
 
 log = logging.getLogger(__name__)
 
 Item = tuple[str, pl.DataFrame]
 _RETRYABLE = (redis.RedisError, OSError)
+# Replies to the connection handshake (AUTH, SELECT) that mean the URL itself is wrong.
+_CONFIG_REPLIES = ("db index", "invalid db", "wrongpass", "noauth", "noperm",
+                   "invalid password", "invalid username", "auth")
+
+
+def config_problem(exc: BaseException) -> str | None:
+    """Why ``exc`` is a misconfiguration that no retry can fix, or None for an outage."""
+    if isinstance(exc, redis.AuthenticationError):
+        return f"authentication failed ({exc})"
+    if isinstance(exc, redis.ResponseError) and not isinstance(exc, redis.ReadOnlyError):
+        text = str(exc).lower()
+        if any(reply in text for reply in _CONFIG_REPLIES):
+            return str(exc)
+    return None
+
+
+def check_redis(url: str, timeout_s: float = 5.0) -> None:
+    """Fail in one line if ``url`` is malformed or Redis refuses it (DB index, credentials).
+
+    Redis being down is not an error here: the sink waits the outage out.
+    """
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout_s,
+                                      socket_connect_timeout=timeout_s)
+    except ValueError as exc:
+        msg = f"--redis {url!r} is not a Redis URL: {exc}"
+        raise ConfigError(msg) from None
+    try:
+        client.ping()
+    except _RETRYABLE as exc:
+        problem = config_problem(exc)
+        if problem is not None:
+            msg = f"Redis at {url} refused the connection: {problem}; check --redis"
+            raise ConfigError(msg) from None
+        log.warning("Redis at %s is not answering yet (%s); the sink will wait for it", url, exc)
+    finally:
+        client.close()
 
 
 class RedisWriter:
@@ -93,6 +135,10 @@ class RedisWriter:
             try:
                 self._write_once(items)
             except _RETRYABLE as exc:
+                problem = config_problem(exc)
+                if problem is not None:
+                    msg = f"Redis at {self.url} refused the connection: {problem}; check --redis"
+                    raise ConfigError(msg) from None
                 if self._cache is not None:
                     self._cache.clear()
                 SINK_ERRORS.labels(sink="redis").inc()
@@ -107,7 +153,10 @@ class RedisWriter:
                 if self.give_up_after_s is not None and now - started > self.give_up_after_s:
                     msg = f"Redis at {self.url} unavailable for {now - started:.1f} s: {exc}"
                     raise SinkUnavailableError(msg) from exc
-                time.sleep(delay)
+                if shutdown.wait(delay):
+                    msg = (f"stopped while Redis at {self.url} was unavailable ({exc}); "
+                           "the held batch was not written")
+                    raise SinkUnavailableError(msg) from None
                 delay = min(delay * 2, self.backoff_max_s)
                 continue
             break
