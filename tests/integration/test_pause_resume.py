@@ -35,7 +35,7 @@ from tests.support.flowkit import (
 MIN = 60_000
 GPUS = [f"gpu-{i}" for i in range(6)]
 ASICS = [f"asic-{i}" for i in range(6)]
-IDLE_S = 2.0
+IDLE_S = 3.0
 
 
 def _late() -> float:
