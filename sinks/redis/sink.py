@@ -34,13 +34,20 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from hcp import shutdown
 from hcp.errors import ConfigError, SinkUnavailableError
 from hcp.tags import Out
-from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
+from sinks.metrics import (
+    SINK_ERRORS,
+    SINK_ROWS,
+    SINK_WRITE_SECONDS,
+    outage_ended,
+    outage_started,
+    sink_started,
+)
 from sinks.redis.events import write_prices, write_workload_events
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
 from sinks.redis.recs import HashCache, RecWriteStats, write_recs
 
-__all__ = ["RedisSink", "RedisWriter", "check_redis", "config_problem"]
+__all__ = ["RedisSink", "RedisWriter", "config_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -60,29 +67,6 @@ def config_problem(exc: BaseException) -> str | None:
         if any(reply in text for reply in _CONFIG_REPLIES):
             return str(exc)
     return None
-
-
-def check_redis(url: str, timeout_s: float = 5.0) -> None:
-    """Fail in one line if ``url`` is malformed or Redis refuses it (DB index, credentials).
-
-    Redis being down is not an error here: the sink waits the outage out.
-    """
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                      socket_connect_timeout=timeout_s)
-    except ValueError as exc:
-        msg = f"--redis {url!r} is not a Redis URL: {exc}"
-        raise ConfigError(msg) from None
-    try:
-        client.ping()
-    except _RETRYABLE as exc:
-        problem = config_problem(exc)
-        if problem is not None:
-            msg = f"Redis at {url} refused the connection: {problem}; check --redis"
-            raise ConfigError(msg) from None
-        log.warning("Redis at %s is not answering yet (%s); the sink will wait for it", url, exc)
-    finally:
-        client.close()
 
 
 class RedisWriter:
@@ -121,6 +105,7 @@ class RedisWriter:
         self._cache = HashCache() if delta_hashes else None
         self.last_rec_stats: RecWriteStats | None = None  # of the last "recs" item
         self._outage_since: float | None = None
+        sink_started("redis")
 
     def close(self) -> None:
         self.client.close()
@@ -146,7 +131,7 @@ class RedisWriter:
                 now = time.monotonic()
                 if self._outage_since is None:
                     self._outage_since = now
-                    SINK_OUTAGES.labels(sink="redis").inc()
+                    outage_started("redis")
                     log.warning(
                         "Redis sink: %s failed (%s: %s); holding the batch and retrying",
                         self.url, type(exc).__name__, exc,
@@ -167,6 +152,7 @@ class RedisWriter:
                 time.monotonic() - self._outage_since,
             )
             self._outage_since = None
+            outage_ended("redis")
         SINK_WRITE_SECONDS.labels(sink="redis").observe(time.monotonic() - started)
 
     def _write_once(self, items: list[Item]) -> None:

@@ -48,7 +48,7 @@ def test_a_redis_db_index_out_of_range_fails_fast_in_one_line(
                 topics.prefix, "--redis", "redis://127.0.0.1:6379/99", "--metrics-port", "0")
     out, _ = proc.communicate(timeout=60)
     text = out.decode()
-    assert proc.returncode == 1, text
+    assert proc.returncode == 2, text  # a configuration mistake
     assert time.monotonic() - started < 30
     (line,) = _error_lines(text)
     assert "DB index is out of range" in line and "--redis" in line
