@@ -74,7 +74,7 @@ def test_an_extension_step_that_closes_the_connection_falls_back_to_plain_tables
 def test_db_init_refuses_a_dsn_without_its_own_database(
     dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["db", "init", "--pg", dsn]) == 1
+    assert main(["db", "init", "--pg", dsn]) == 2  # a configuration mistake
     out, err = capsys.readouterr()
     assert "ready" not in out
     (line,) = err.strip().splitlines()
