@@ -131,10 +131,12 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     side = op.flat_map("side_outputs", batches, side_outputs)
     # The router places AI work on GPUs; it reads the recommendations so that GPUs told to
     # power down get no work (docs/workloads.md).
+    router_config = RouterConfig(lateness_ms=settings.lateness_ms,
+                                 assign_timeout_s=settings.assign_timeout_s)
     routed = add_router_branch(
         batches,
         recs,
-        RouterConfig(lateness_ms=settings.lateness_ms),
+        router_config,
         router_inputs(source),
         idle_timeout_s=settings.idle_timeout_s,
     )

@@ -94,10 +94,13 @@ WINDOW_CLOSE_DELAY = Gauge(
 
 # Workload router gauges (issue 11 sets them; declared here so dashboards and alerts have
 # one definition to point at).
-GPUS_CORDONED = Gauge("hcp_gpus_cordoned", "GPUs cordoned after missed heartbeats", ["site"])
-WORKLOADS_QUEUED = Gauge("hcp_workloads_queued", "Workloads waiting in the queue")
+GPUS_CORDONED = Gauge(
+    "hcp_gpus_cordoned", "GPUs the router cordoned: they never started assigned work", ["site"]
+)
+WORKLOADS_QUEUED = Gauge("hcp_workloads_queued", "Workloads waiting in the router queue")
 WORKLOAD_OLDEST_QUEUED_AGE = Gauge(
-    "hcp_workload_oldest_queued_age_seconds", "Age of the oldest queued workload, seconds"
+    "hcp_workload_oldest_queued_age_seconds",
+    "Event-time age of the oldest queued workload, seconds (0 when none is queued)",
 )
 
 _PRICE_GAUGES = {

@@ -23,9 +23,10 @@ __all__ = ["RECOVERY_FORMAT", "check_recovery_dir", "describe_mismatch", "prepar
 log = logging.getLogger(__name__)
 
 # Bump when the pickled shard or fleet state changes shape or moves (2: the layout of issue 10
-# moved every state class to flows/profitability/ and flows/router/; 3: shard and router
-# progress in flows/progress.py, issue 18).
-RECOVERY_FORMAT = 3
+# moved every state class to flows/profitability/ and flows/router/; 3: the router's state
+# gained GPU health, per-workload avoided GPUs and pending reasons, issue 11;
+# 4: shard and router progress in flows/progress.py, issue 18).
+RECOVERY_FORMAT = 4
 MANIFEST = "hcp-recovery.json"
 INITIALISING = ".hcp-initialising"
 

@@ -30,6 +30,7 @@ class JobSettings:
     pool_fee: float = default("pool_fee")
     hysteresis: float = default("hysteresis")
     dwell_s: float = default("dwell_s")
+    assign_timeout_s: float = default("assign_timeout_s")
     batch_size: int = default("batch_size")
     linger_s: float = default("linger_s")
     stream_maxlen: int = default("stream_maxlen")
@@ -70,6 +71,9 @@ class JobSettings:
         if not 0 <= self.hysteresis < 1:
             msg = f"--hysteresis must be in [0, 1), got {self.hysteresis}"
             raise ConfigError(msg)
+        if not self.assign_timeout_s > 0:
+            msg = f"--assign-timeout-s must be positive, got {self.assign_timeout_s}"
+            raise ConfigError(msg)
         return self
 
     @classmethod
@@ -94,9 +98,9 @@ class JobSettings:
 JOB_SETTINGS = (
     "bootstrap", "redis", "pg", "redis_prefix", "topic_prefix", "partitions",
     "window_s", "lateness_s", "idle_timeout_s", "pool_fee", "hysteresis", "dwell_s",
-    "once", "workers", "batch_size", "linger_s", "stream_maxlen", "metrics_port",
-    "metrics_host", "no_raw", "no_redis", "no_pg", "recovery_dir", "snapshot_interval_s",
-    "recovery_partitions",
+    "assign_timeout_s", "once", "workers", "batch_size", "linger_s", "stream_maxlen",
+    "metrics_port", "metrics_host", "no_raw", "no_redis", "no_pg", "recovery_dir",
+    "snapshot_interval_s", "recovery_partitions",
 )
 
 

@@ -82,6 +82,10 @@ SETTINGS: dict[str, Setting] = {
                 "ASIC switch margin as a fraction of expected revenue", non_negative_float, _TIME),
         Setting("dwell_s", "HCP_DWELL_S", 600.0,
                 "minimum event-time seconds between two ASIC switches", non_negative_float, _TIME),
+        Setting("assign_timeout_s", "HCP_ASSIGN_TIMEOUT_S", 120.0,
+                "event-time seconds a GPU has to start assigned work before the work is "
+                "requeued and the GPU backs off; keep it above the lag between the router "
+                "and the fleet", non_negative_float, _TIME),
         # Running the job.
         Setting("once", "HCP_ONCE", False,
                 "process the topics up to their current ends, close every window, flush, exit",

@@ -24,3 +24,4 @@ class Out(StrEnum):
     FLEET_WM = "fleet_wm"  # payload int: every window ending at or before it has been emitted
     WORKLOAD_EVENTS = "workload_events"  # workload state transitions
     ASSIGNMENTS = "assignments"  # payload list of assignment messages for the fleet
+    GPU_HEALTH = "gpu_health"  # the router's GPU cordon changes (GPU_HEALTH_SCHEMA)

@@ -143,6 +143,10 @@ def _play(
             "3",
             "--lateness-s",
             "2",
+            # The router decides about a window plus the job's wall-clock lag (times the
+            # speed-up) behind the simulator, so give GPUs that long to start work.
+            "--assign-timeout-s",
+            str(_assign_timeout_s(args.speed)),
             "--metrics-port",
             str(metrics_port),
         ],
@@ -185,6 +189,11 @@ def _play(
         flush=True,
     )
     return 0 if job.returncode == 0 else 1
+
+
+def _assign_timeout_s(speed: float) -> float:
+    """120 s of event time plus 10 wall seconds of job lag at ``speed``."""
+    return 120.0 + 10.0 * (speed if speed != float("inf") else 60.0)
 
 
 def _metrics_port(preferred: int = 9464) -> int:

@@ -7,6 +7,7 @@
 - ``"prices"``: PRICE_ROW_SCHEMA rows -> the ``prices`` hash;
 - ``"workload_events"``: WORKLOAD_EVENT_SCHEMA rows -> ``workload:{id}`` hashes and the
   ``workloads`` stream (:mod:`sinks.redis.events`);
+- ``"gpu_health"``: GPU_HEALTH_SCHEMA rows (router cordons) -> the ``gpu:cordoned`` hash;
 - any other tag is ignored, so one output stream can feed several sinks.
 
 :class:`RedisSink` wraps it for Bytewax. Delivery: at-least-once from the dataflow,
@@ -42,7 +43,7 @@ from sinks.metrics import (
     outage_started,
     sink_started,
 )
-from sinks.redis.events import write_prices, write_workload_events
+from sinks.redis.events import write_gpu_health, write_prices, write_workload_events
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
 from sinks.redis.recs import HashCache, RecWriteStats, write_recs
@@ -184,11 +185,16 @@ class RedisWriter:
         )
         SINK_ROWS.labels(sink="redis", table="workload_events").inc(added)
 
+    def _write_gpu_health(self, df: pl.DataFrame) -> None:
+        write_gpu_health(self.client, self.keys, df)
+        SINK_ROWS.labels(sink="redis", table="gpu_cordoned").inc(df.height)
+
 
 _HANDLERS: dict[str, Any] = {
     Out.RECS: RedisWriter._write_recs,
     Out.PRICES: RedisWriter._write_prices,
     Out.WORKLOAD_EVENTS: RedisWriter._write_workload_events,
+    Out.GPU_HEALTH: RedisWriter._write_gpu_health,
 }
 
 
