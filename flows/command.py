@@ -16,11 +16,11 @@ from bytewax.run import cli_main
 from flows import metrics
 from flows.dataflow import build_flow
 from flows.layout import TopicLayout
-from flows.lifecycle import Shutdown
 from flows.settings import JobSettings, add_job_args
 from hcp.config import redis_url
 from hcp.errors import ConfigError
 from hcp.kafka_admin import check_broker, partition_counts, topic_names
+from hcp.shutdown import Shutdown
 
 __all__ = ["RunTotals", "register"]
 

@@ -36,7 +36,6 @@ from bytewax.outputs import Sink
 from flows import metrics
 from flows.compliance import ComplianceConfig, ComplianceLogic, ComplianceState
 from flows.layout import TopicLayout
-from flows.lifecycle import Shutdown
 from flows.profitability.fleet import (
     FleetLogic,
     FleetState,
@@ -49,6 +48,7 @@ from flows.router.flow import add_router_branch, router_inputs
 from flows.router.router import RouterConfig
 from flows.settings import JobSettings
 from flows.source import KafkaBatchSource, SourceBatch
+from hcp.shutdown import Shutdown
 from hcp.tags import Out
 from sinks.assignments import AssignmentSink
 from sinks.commands import CommandSink
@@ -158,6 +158,8 @@ def build_flow(
             max_price_age_ms=settings.max_price_age_ms,
             flush_on_eof=settings.once,
             inputs=shard_inputs(int(shard)),
+            idle_timeout_s=settings.idle_timeout_s,
+            counts_late_prices=shard == shard_ids[0],
         )
 
     def build_shard(resume: bytes | None) -> TimedLogic:
@@ -229,7 +231,14 @@ def build_flow(
     # power down get no work (docs/workloads.md).
     router_config = RouterConfig(lateness_ms=settings.lateness_ms,
                                  assign_timeout_s=settings.assign_timeout_s)
-    routed = add_router_branch(batches, recs, router_config, router_inputs(source), shutdown)
+    routed = add_router_branch(
+        batches,
+        recs,
+        router_config,
+        router_inputs(source),
+        shutdown,
+        idle_timeout_s=settings.idle_timeout_s,
+    )
     # Redis takes whole windows from the fleet step (one ordered stream writer);
     # PostgreSQL takes each group's rows where they are (keyed upserts, any order).
     to_redis = op.merge("redis_outputs", recs, side, routed, control)
@@ -246,13 +255,20 @@ def build_flow(
             "redis_out",
             to_redis,
             RedisSink(
-                settings.redis, prefix=settings.redis_prefix, stream_maxlen=settings.stream_maxlen
+                settings.redis,
+                prefix=settings.redis_prefix,
+                stream_maxlen=settings.stream_maxlen,
+                shutdown=shutdown,
             ),
         )
     if not settings.no_pg:
         from sinks.postgres.sink import PostgresSink
 
-        op.output("pg_out", to_pg, PostgresSink(settings.pg, store_raw=settings.store_raw))
+        op.output(
+            "pg_out",
+            to_pg,
+            PostgresSink(settings.pg, store_raw=settings.store_raw, shutdown=shutdown),
+        )
     for i, sink in enumerate(extra_sinks):
         op.output(f"extra_out_{i}", everything, sink)
     return flow

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 # Bump when the pickled shard or fleet state changes shape, moves, or the flow's stateful
 # steps change (2: the layout of issue 10 moved every state class to flows/profitability/
 # and flows/router/; 3: the router's state gained GPU health, per-workload avoided GPUs and
-# pending reasons, issue 11; 4: site groups between the shards and the fleet step).
-RECOVERY_FORMAT = 4
+# pending reasons, issue 11; 4: site groups between the shards and the fleet step, issue 16;
+# 5: shard and router progress in flows/progress.py, issue 18).
+RECOVERY_FORMAT = 5
 MANIFEST = "hcp-recovery.json"
 INITIALISING = ".hcp-initialising"
 

@@ -25,10 +25,10 @@ import polars as pl
 from bytewax.operators import StatefulBatchLogic
 
 from flows import metrics
-from flows.lifecycle import Shutdown
 from flows.profitability import kernels as k
-from flows.profitability.shard import NEG_INF, POS_INF
+from flows.progress import NEG_INF, POS_INF
 from hcp.schemas import REC_SCHEMA, WINDOW_SCHEMA
+from hcp.shutdown import Shutdown
 from hcp.tags import Out
 
 __all__ = [

@@ -38,6 +38,7 @@ REASONS = (
     "running_workload",
     "device_down",
     "stale_price",
+    "device_fault",
 )
 (
     PROFITABLE,
@@ -48,7 +49,8 @@ REASONS = (
     RUNNING_WORKLOAD,
     DEVICE_DOWN,
     STALE_PRICE,
-) = range(8)
+    DEVICE_FAULT,
+) = range(9)
 
 # Rows of the per-window accumulator matrices (field x device).
 G_COUNT, G_UTIL, G_POWER, G_TEMP, G_BUSY, G_LAST_STATE = range(6)
@@ -224,6 +226,7 @@ def asic_decisions(
     mean_power: np.ndarray,
     mining_hash: np.ndarray,
     mining_power: np.ndarray,
+    last_state: np.ndarray,
     electricity: np.ndarray,
     stale: np.ndarray,
     btc_usd: float,
@@ -244,7 +247,10 @@ def asic_decisions(
     """Profitability and mine/curtail decisions of one window's ASICs (SPEC 2 and 3).
 
     ``mining_hash``/``mining_power`` are the means over this window's `mining` samples
-    (NaN when it had none); they update the expected hashrate and power. ``action``,
+    (NaN when it had none); they update the expected hashrate and power. An ASIC whose
+    last sample is ``fault`` is curtailed (``device_fault``), as a down GPU is powered
+    down: it earns nothing, and under a power cap it must not take budget from working
+    miners; its mine/curtail state is left as it was for when it recovers. ``action``,
     ``last_switch``, ``exp_hash`` and ``exp_power`` are the devices' decision state,
     updated in place. ``out`` rows: revenue, cost, net, score, expected revenue, cost,
     net, power.
@@ -265,6 +271,10 @@ def asic_decisions(
         e_cost = exp_power[i] / 1e6 * elec
         e_net = e_rev - e_cost
         _put_figures(out, i, revenue, cost, e_rev, e_cost, exp_power[i])
+        if last_state[i] == ASIC_FAULT:
+            out_action[i] = CURTAIL
+            out_reason[i] = DEVICE_FAULT
+            continue
         if stale[i] and not np.isnan(e_net):
             out_action[i] = action[i]
             out_reason[i] = STALE_PRICE

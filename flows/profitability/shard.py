@@ -19,19 +19,18 @@ import polars as pl
 from bytewax.operators import StatefulBatchLogic
 
 from flows import metrics
-from flows.lifecycle import Shutdown
 from flows.profitability import kernels as k
 from flows.profitability.prices import DEFAULT_BLOCK_REWARD, PriceBook, price_rows
 from flows.profitability.registry import DeviceRegistry
+from flows.progress import NEG_INF, POS_INF, Progress
 from flows.source import SourceBatch
 from hcp.schemas import ASIC_STATES, GPU_STATES
+from hcp.shutdown import Shutdown
 
 __all__ = ["NEG_INF", "POS_INF", "ShardConfig", "ShardLogic", "ShardState"]
 
 log = logging.getLogger(__name__)
 
-NEG_INF = -(2**62)
-POS_INF = 2**62
 # What an H100 SXM draws when rented: its board power. Used for the expected profit of
 # an idle GPU, which has no busy samples of its own to go by.
 GPU_RENTED_POWER_W = 700.0
@@ -52,13 +51,11 @@ class ShardConfig:
     # Oldest a fast-moving price (electricity, BTC, GPU spot) may be at a window's end
     # before the decision falls back to the stale-price rule; 0 turns the rule off.
     max_price_age_ms: int = 0
-
-
-@dataclass
-class _Input:
-    max_ts: int = NEG_INF
-    eof: bool = False
-    idle: bool = False
+    # The source's --idle-timeout-s: how long an input idle through a pause holds the
+    # watermark after the pause ends (flows/progress.py).
+    idle_timeout_s: float = 0.0
+    # Every shard sees every price: only one of them counts late prices in the metric.
+    counts_late_prices: bool = True
 
 
 @dataclass
@@ -66,7 +63,8 @@ class ShardState:
     """Everything a shard keeps; pickled whole for Bytewax recovery snapshots."""
 
     shard: str
-    inputs: dict[str, _Input] = field(default_factory=dict)
+    # Per-input event-time progress (flows/progress.py); made from the config on adoption.
+    progress: Progress | None = None
     gpus: DeviceRegistry = field(default_factory=DeviceRegistry)
     asics: DeviceRegistry = field(default_factory=DeviceRegistry)
     gpu_windows: dict[int, np.ndarray] = field(default_factory=dict)
@@ -112,8 +110,12 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
     def _adopt(self, state: ShardState) -> None:
         self.s = state
         self.cfg = self._make_config(state.shard)
+        if state.progress is None:
+            state.progress = Progress.create(
+                self.cfg.lateness_ms, self.cfg.inputs, self.cfg.idle_timeout_s
+            )
         for input_id in self.cfg.inputs:
-            state.inputs.setdefault(input_id, _Input())
+            state.progress.expect(input_id)
 
     # --- Bytewax hooks ---------------------------------------------------------------
 
@@ -122,7 +124,7 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             if self.s is None:
                 self._adopt(ShardState(shard))
             self._fold(batch)
-        out = self._close_ready(self._watermark())
+        out = self._close_ready(self.s.progress.watermark())
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple], bool]:
@@ -139,20 +141,20 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
     # --- folding -----------------------------------------------------------------------
 
     def _fold(self, batch: SourceBatch) -> None:
-        inp = self.s.inputs.setdefault(batch.input_id, _Input())
-        inp.eof = inp.eof or batch.eof
-        inp.idle = batch.idle
         rows = batch.rows
+        progress = self.s.progress
         if rows.height == 0:
+            progress.observe(batch.input_id, None, batch.eof, batch.idle)
             return
         started = time.perf_counter()
         ts = rows["ts"].to_numpy()
-        late, inp.max_ts = k.late_mask(ts, inp.max_ts, self.cfg.lateness_ms)
+        late = progress.observe(batch.input_id, ts, batch.eof, batch.idle)
         # Windows already closed (possible only after an idle input resumed) are late too.
         late |= ts < self.s.closed_until
         n_late = int(late.sum())
-        if n_late:
+        if n_late and (batch.kind != "prices" or self.cfg.counts_late_prices):
             metrics.LATE_EVENTS.labels(batch.kind).inc(n_late)
+        if n_late:
             rows = rows.filter(pl.Series(~late))
             ts = ts[~late]
         if rows.height:
@@ -224,22 +226,7 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             self.s.asic_windows[start] = acc
             k.accumulate_asic(acc, dev[mask], *(c[mask] for c in cols), state[mask])
 
-    # --- watermark and closing -----------------------------------------------------------
-
-    def _watermark(self) -> int:
-        marks = []
-        idle_marks = []
-        for inp in self.s.inputs.values():
-            if inp.eof:
-                continue
-            mark = inp.max_ts - self.cfg.lateness_ms if inp.max_ts > NEG_INF else NEG_INF
-            (idle_marks if inp.idle else marks).append(mark)
-        if marks:
-            return min(marks)
-        if idle_marks:
-            # Every live input is idle: nothing is coming, so trust the furthest one.
-            return max(idle_marks)
-        return POS_INF
+    # --- closing -------------------------------------------------------------------------
 
     def _close_ready(self, watermark: int) -> list[tuple]:
         out: list[tuple] = []
@@ -397,6 +384,7 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             mean_power,
             mining_hash,
             mining_power,
+            acc[k.A_LAST_STATE, idx].astype(np.int8),
             elec,
             stale,
             btc,

@@ -6,9 +6,9 @@ worker count and the interleaving of partitions, :class:`RouterClock` never rout
 arrival. It cuts event time into ticks of ``tick_ms`` and processes tick ``t`` (inputs with
 ``t <= ts < t + tick_ms``) only once
 
-- the router's watermark ``W`` (the slowest input's ``max_ts - lateness``, computed like a
-  profitability shard's: finished inputs do not count, idle ones stop holding it back)
-  has reached ``t + tick_ms``, so every input of the tick is here; and
+- the router's watermark ``W`` (flows/progress.py, the rule the profitability shards use:
+  the slowest live input's ``max_ts - lateness``; finished inputs do not count, idle ones
+  stop holding it back) has reached ``t + tick_ms``, so every input of the tick is here; and
 - when it follows the profitability flow, the fleet stage has closed every window ending
   at or before ``t`` (its ``fleet_wm``), so every recommendation for the tick is here.
 
@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 import polars as pl
 from prometheus_client import Counter
 
-from flows.profitability import kernels as k
-from flows.profitability.shard import NEG_INF, POS_INF
+from flows.progress import NEG_INF, Progress
 from flows.router.router import Router
 
 __all__ = ["GPU_COLUMNS", "RouterClock"]
@@ -52,24 +51,17 @@ _SORT = {
 
 
 @dataclass
-class _Input:
-    max_ts: int = NEG_INF
-    eof: bool = False
-    idle: bool = False
-
-
-@dataclass
 class RouterClock:
     """A :class:`Router` behind an event-time tick clock; pickled whole for recovery.
 
-    ``inputs`` lists the ``topic#partition`` ids whose progress bounds the watermark. An id
-    not listed is added when it first reports (then the start is only as deterministic as
-    the order in which inputs first report). ``gated`` means recommendations and
+    ``progress`` holds the ``topic#partition`` inputs whose progress bounds the watermark.
+    An id not listed at creation is added when it first reports (then the start is only
+    as deterministic as the order in which inputs first report). ``gated`` means recommendations and
     ``fleet_wm`` items follow, and ticks wait for the fleet stage.
     """
 
     router: Router
-    inputs: dict[str, _Input] = field(default_factory=dict)
+    progress: Progress
     gated: bool = False
     fleet_wm: int = NEG_INF
     # tick start -> kind -> frames, in arrival order (sorted when the tick runs)
@@ -81,9 +73,14 @@ class RouterClock:
 
     @classmethod
     def create(
-        cls, router: Router, inputs: tuple[str, ...] = (), gated: bool = False
+        cls,
+        router: Router,
+        inputs: tuple[str, ...] = (),
+        gated: bool = False,
+        idle_timeout_s: float = 0.0,
     ) -> RouterClock:
-        return cls(router, {i: _Input() for i in inputs}, gated)
+        lateness = int(router.config.lateness_ms)
+        return cls(router, Progress.create(lateness, inputs, idle_timeout_s), gated)
 
     @property
     def tick_ms(self) -> int:
@@ -94,13 +91,11 @@ class RouterClock:
         self, kind: str, input_id: str, rows: pl.DataFrame, eof: bool = False, idle: bool = False
     ) -> None:
         """One source fetch (empty ``rows`` is a heartbeat carrying ``eof``/``idle``)."""
-        inp = self.inputs.setdefault(input_id, _Input())
-        inp.eof = inp.eof or eof
-        inp.idle = idle
         if rows.height == 0:
+            self.progress.observe(input_id, None, eof, idle)
             return
         ts = rows["ts"].to_numpy()
-        late, inp.max_ts = k.late_mask(ts, inp.max_ts, int(self.router.config.lateness_ms))
+        late = self.progress.observe(input_id, ts, eof, idle)
         # A tick already routed cannot take more input (possible only after an idle
         # input resumed, or at startup when the inputs were not listed).
         late |= ts < self.done_until
@@ -142,19 +137,8 @@ class RouterClock:
 
     # -- the watermark --------------------------------------------------------------------
     def watermark(self) -> int:
-        """The slowest live input's ``max_ts - lateness``, as in flows/profitability/shard.py."""
-        lateness = int(self.router.config.lateness_ms)
-        marks, idle_marks = [], []
-        for inp in self.inputs.values():
-            if inp.eof:
-                continue
-            mark = inp.max_ts - lateness if inp.max_ts > NEG_INF else NEG_INF
-            (idle_marks if inp.idle else marks).append(mark)
-        if marks:
-            return min(marks)
-        if idle_marks:
-            return max(idle_marks)  # every live input is idle: trust the furthest one
-        return POS_INF
+        """The router's event-time progress (flows/progress.py)."""
+        return self.progress.watermark()
 
     # -- running ticks ----------------------------------------------------------------------
     def advance(self, final: bool = False) -> int:

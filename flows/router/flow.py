@@ -26,10 +26,10 @@ import polars as pl
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
-from flows.lifecycle import Shutdown
 from flows.router.clock import GPU_COLUMNS, RouterClock
 from flows.router.router import Router, RouterConfig
 from flows.source import KafkaBatchSource, SourceBatch
+from hcp.shutdown import Shutdown
 from hcp.tags import Out
 from sinks.assignments import AssignmentSink
 
@@ -157,6 +157,7 @@ def add_router_branch(
     config: RouterConfig | None = None,
     inputs: tuple[str, ...] | None = None,
     shutdown: Shutdown | None = None,
+    idle_timeout_s: float = 0.0,
 ) -> Stream[tuple]:
     """Add the router to a flow; returns its tagged outputs.
 
@@ -167,6 +168,8 @@ def add_router_branch(
     are final. ``inputs`` are the ``topic#partition`` ids to wait for (see
     :func:`router_inputs`); by default they are read from the flow's source. ``shutdown``
     is the run's stop request (a stopped run keeps its pending ticks for a resume).
+    ``idle_timeout_s`` is the source's: an input idle through a pause holds the watermark
+    that long after the pause ends (flows/progress.py).
     """
     if inputs is None:
         inputs = _find_inputs(batches)
@@ -179,10 +182,11 @@ def add_router_branch(
 
     def build(resume: bytes | None) -> RouterLogic:
         if resume is None:
-            return RouterLogic(RouterClock.create(Router(config), inputs, gated), shutdown)
+            clock = RouterClock.create(Router(config), inputs, gated, idle_timeout_s)
+            return RouterLogic(clock, shutdown)
         state = pickle.loads(resume)
         if isinstance(state, Router):  # a snapshot from before the tick clock
-            state = RouterClock.create(state, inputs, gated)
+            state = RouterClock.create(state, inputs, gated, idle_timeout_s)
         return RouterLogic(state, shutdown)
 
     routed = op.stateful_batch("router", items, build)
@@ -206,7 +210,9 @@ def build_router_flow(settings: Any, config: RouterConfig | None = None) -> Data
         # Late means the same here as in the profitability flow: --lateness-s.
         config = RouterConfig(lateness_ms=settings.lateness_ms,
                               assign_timeout_s=settings.assign_timeout_s)
-    out = add_router_branch(batches, None, config, router_inputs(source))
+    out = add_router_branch(
+        batches, None, config, router_inputs(source), idle_timeout_s=settings.idle_timeout_s
+    )
     dlq = op.flat_map(
         "router_dlq", batches, lambda b: [(Out.DLQ, b.dlq)] if b.dlq.height else []
     )

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import conninfo, sql
 
-from hcp.errors import HcpError, SinkUnavailableError
+from hcp.errors import ConfigError, HcpError, SinkUnavailableError
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -37,6 +37,7 @@ __all__ = [
     "load_migrations",
     "plan_migrations",
     "redact_dsn",
+    "require_database_name",
     "require_schema",
     "split_statements",
 ]
@@ -49,6 +50,9 @@ PATH_POSTGRES = "postgres"
 _COMMON = "common"
 # Any constant works as long as every HCP migrator uses the same one ("HCPDB" in ASCII).
 _LOCK_KEY = 0x48_43_50_44_42
+# Databases every server has for its own use: HCP's tables never belong there.
+MAINTENANCE_DBS = ("postgres", "template0", "template1")
+_TIMESCALE_EXTENSION = "timescaledb"
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(timescaledb|postgres))?\.sql$")
 
 _SCHEMA_MIGRATIONS_DDL = """
@@ -64,6 +68,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 class SchemaMissingError(HcpError):
     """The history tables do not exist in the database (run `hcp db init`)."""
+
+
+class _ExtensionClosedConnection(Exception):  # noqa: N818 - internal signal, not an error
+    """Creating the extension failed and the server closed the connection (a FATAL)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,33 @@ def connect(dsn: str, *, connect_timeout: int = 10, autocommit: bool = True) -> 
             "set --pg or HCP_PG_DSN and check that the server is running"
         )
         raise SinkUnavailableError(msg) from exc
+
+
+def require_database_name(dsn: str) -> str:
+    """The DSN's database name; a :class:`ConfigError` if it names none or a maintenance DB.
+
+    Without a name libpq connects to the database named like the user, usually the
+    ``postgres`` maintenance database, and the history tables would be installed there.
+    """
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        msg = f"--pg {redact_dsn(dsn)!r} is not a PostgreSQL DSN: {exc}"
+        raise ConfigError(msg) from None
+    name = str(params.get("dbname") or "")
+    if not name:
+        msg = (
+            f"--pg {redact_dsn(dsn)} names no database; add one, e.g. "
+            f"postgresql://HOST:5432/hcp (it is created if missing)"
+        )
+        raise ConfigError(msg)
+    if name in MAINTENANCE_DBS:
+        msg = (
+            f"--pg {redact_dsn(dsn)} names the {name!r} maintenance database; "
+            "give HCP a database of its own, e.g. .../hcp (it is created if missing)"
+        )
+        raise ConfigError(msg)
+    return name
 
 
 def ensure_database(dsn: str, *, maintenance_db: str = "postgres") -> bool:
@@ -209,38 +244,70 @@ def _recorded_path(conn: psycopg.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _timescale_usable(conn: psycopg.Connection) -> bool:
-    """Whether the timescaledb extension is installed here or can be created now."""
-    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+def _timescale_usable(conn: psycopg.Connection, extension: str) -> bool:
+    """Whether the extension is installed here or can be created now.
+
+    Raises :class:`_ExtensionClosedConnection` when trying closed the connection: a
+    TimescaleDB that is installed but not in ``shared_preload_libraries`` fails with FATAL.
+    """
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = %s", (extension,)).fetchone():
         return True
     available = conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+        "SELECT 1 FROM pg_available_extensions WHERE name = %s", (extension,)
     ).fetchone()
     if not available:
         return False
     try:
         # Available is not enough: it also has to be in shared_preload_libraries.
         with conn.transaction():
-            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            conn.execute(
+                sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension))
+            )
     except psycopg.Error as exc:
-        log.warning("timescaledb is available but cannot be created (%s); using plain tables", exc)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if conn.closed or conn.broken:
+            raise _ExtensionClosedConnection(reason) from exc
+        log.warning("%s is available but cannot be created (%s); using plain tables",
+                    extension, reason)
         return False
     return True
 
 
-def apply_migrations(dsn: str, *, directory: Path = MIGRATIONS_DIR) -> str:
+def apply_migrations(
+    dsn: str, *, directory: Path = MIGRATIONS_DIR, extension: str = _TIMESCALE_EXTENSION
+) -> str:
     """Bring the database at ``dsn`` up to date; return the path taken.
 
     Returns ``"timescaledb"`` or ``"postgres"`` and logs it. Safe to call from several
-    processes at once and as often as you like.
+    processes at once and as often as you like. Refuses a DSN without a database name or
+    naming a maintenance database (:func:`require_database_name`). When creating the
+    extension (``extension``: the one that picks the TimescaleDB path; a parameter for
+    tests) closes the connection, the plain path is taken on a fresh connection and one
+    warning says why.
     """
+    require_database_name(dsn)
+    try:
+        return _apply(dsn, directory, extension)
+    except _ExtensionClosedConnection as exc:
+        log.warning(
+            "CREATE EXTENSION %s failed and closed the connection (%s): is it missing from "
+            "shared_preload_libraries? Using plain tables; add it there and restart the "
+            "server to use TimescaleDB on a new database",
+            extension, exc,
+        )
+        return _apply(dsn, directory, None)
+
+
+def _apply(dsn: str, directory: Path, extension: str | None) -> str:
+    """One attempt of :func:`apply_migrations`; ``extension`` None rules TimescaleDB out."""
     with connect(dsn) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(_SCHEMA_MIGRATIONS_DDL)
             path = _recorded_path(conn)
             if path is None:
-                path = PATH_TIMESCALE if _timescale_usable(conn) else PATH_POSTGRES
+                usable = extension is not None and _timescale_usable(conn, extension)
+                path = PATH_TIMESCALE if usable else PATH_POSTGRES
             applied = {
                 int(v): str(c)
                 for v, c in conn.execute("SELECT version, checksum FROM schema_migrations")
@@ -266,7 +333,8 @@ def apply_migrations(dsn: str, *, directory: Path = MIGRATIONS_DIR) -> str:
                     )
                 ran.append(f"{migration.version:04d}_{migration.name}")
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+            if not conn.closed:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     if ran:
         log.info("history schema on the %s path: applied %s", path, ", ".join(ran))
     else:

@@ -24,6 +24,7 @@ import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from hcp.errors import SinkUnavailableError
+from hcp.shutdown import Shutdown
 from hcp.tags import Out
 from sinks.metrics import (
     SINK_ERRORS,
@@ -84,6 +85,7 @@ class _Config:
     give_up_after_s: float | None
     connect_timeout_s: int
     before_commit: Callable[[int], None] | None = field(default=None)
+    shutdown: Shutdown = field(default_factory=Shutdown)
 
 
 class PostgresSink(DynamicSink):
@@ -114,6 +116,7 @@ class PostgresSink(DynamicSink):
         give_up_after_s: float | None = None,
         connect_timeout_s: int = 5,
         before_commit: Callable[[int], None] | None = None,
+        shutdown: Shutdown | None = None,
     ) -> None:
         self._config = _Config(
             dsn=dsn,
@@ -126,6 +129,7 @@ class PostgresSink(DynamicSink):
             give_up_after_s=give_up_after_s,
             connect_timeout_s=connect_timeout_s,
             before_commit=before_commit,
+            shutdown=shutdown or Shutdown(),
         )
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _PostgresSinkPartition:
@@ -181,7 +185,15 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
             except _RETRYABLE as exc:
                 self._drop_connection()
                 self._on_failure(exc)
-                time.sleep(backoff)
+                # A stop request (hcp run's SIGTERM/SIGINT) ends the wait within a fraction
+                # of a second: an outage may be waited out, a stop may not be.
+                if self._config.shutdown.wait(backoff):
+                    msg = (
+                        f"stopped while PostgreSQL at {redact_dsn(self._config.dsn)} was "
+                        f"unavailable ({self._outage.last_error if self._outage else exc}); "
+                        "the held batch was not written"
+                    )
+                    raise SinkUnavailableError(msg) from None
                 backoff = min(backoff * 2, self._config.backoff_max_s)
                 continue
             SINK_WRITE_SECONDS.labels(sink="postgres").observe(time.perf_counter() - started)

@@ -17,7 +17,11 @@
 made effectively exactly-once by idempotent writes (a replayed batch leaves the same state
 and adds no stream entries). While Redis is down or erroring the batch is held and retried
 with exponential backoff, which blocks the worker: that is Bytewax's backpressure, and
-nothing is dropped.
+nothing is dropped. Two things end the wait: a stop request (``hcp run``'s SIGTERM/SIGINT,
+:class:`hcp.shutdown.Shutdown`), which raises :class:`SinkUnavailableError` within a fraction of a
+second, and an answer that no retry can change (a DB index out of range, bad
+credentials), which raises :class:`ConfigError` at once: a misconfiguration is not an
+outage.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import polars as pl
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from hcp.errors import SinkUnavailableError
+from hcp.errors import ConfigError, SinkUnavailableError
+from hcp.shutdown import Shutdown
 from hcp.tags import Out
 from sinks.metrics import (
     SINK_ERRORS,
@@ -47,12 +52,26 @@ from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKey
 from sinks.redis.packer import BufferRing
 from sinks.redis.recs import HashCache, RecWriteStats, write_recs
 
-__all__ = ["RedisSink", "RedisWriter"]
+__all__ = ["RedisSink", "RedisWriter", "config_problem"]
 
 log = logging.getLogger(__name__)
 
 Item = tuple[str, pl.DataFrame]
 _RETRYABLE = (redis.RedisError, OSError)
+# Replies to the connection handshake (AUTH, SELECT) that mean the URL itself is wrong.
+_CONFIG_REPLIES = ("db index", "invalid db", "wrongpass", "noauth", "noperm",
+                   "invalid password", "invalid username", "auth")
+
+
+def config_problem(exc: BaseException) -> str | None:
+    """Why ``exc`` is a misconfiguration that no retry can fix, or None for an outage."""
+    if isinstance(exc, redis.AuthenticationError):
+        return f"authentication failed ({exc})"
+    if isinstance(exc, redis.ResponseError) and not isinstance(exc, redis.ReadOnlyError):
+        text = str(exc).lower()
+        if any(reply in text for reply in _CONFIG_REPLIES):
+            return str(exc)
+    return None
 
 
 class RedisWriter:
@@ -70,11 +89,13 @@ class RedisWriter:
         give_up_after_s: float | None = None,
         socket_timeout_s: float = 30.0,
         delta_hashes: bool = True,
+        shutdown: Shutdown | None = None,
     ) -> None:
         if stream_maxlen < 1:
             msg = f"stream_maxlen must be >= 1, got {stream_maxlen}"
             raise ValueError(msg)
         self.url = url
+        self.shutdown = shutdown or Shutdown()
         self.keys = RedisKeys(prefix)
         self.stream_maxlen = stream_maxlen
         self.chunk_rows = chunk_rows
@@ -107,6 +128,10 @@ class RedisWriter:
             try:
                 self._write_once(items)
             except _RETRYABLE as exc:
+                problem = config_problem(exc)
+                if problem is not None:
+                    msg = f"Redis at {self.url} refused the connection: {problem}; check --redis"
+                    raise ConfigError(msg) from None
                 if self._cache is not None:
                     self._cache.clear()
                 SINK_ERRORS.labels(sink="redis").inc()
@@ -121,7 +146,10 @@ class RedisWriter:
                 if self.give_up_after_s is not None and now - started > self.give_up_after_s:
                     msg = f"Redis at {self.url} unavailable for {now - started:.1f} s: {exc}"
                     raise SinkUnavailableError(msg) from exc
-                time.sleep(delay)
+                if self.shutdown.wait(delay):
+                    msg = (f"stopped while Redis at {self.url} was unavailable ({exc}); "
+                           "the held batch was not written")
+                    raise SinkUnavailableError(msg) from None
                 delay = min(delay * 2, self.backoff_max_s)
                 continue
             break

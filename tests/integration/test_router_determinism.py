@@ -91,8 +91,8 @@ def test_streaming_run_emits_a_prefix_of_the_once_run(bootstrap: str, generated:
 
     from flows.dataflow import build_flow
     from flows.layout import TopicLayout
-    from flows.lifecycle import Shutdown
     from flows.settings import JobSettings
+    from hcp.shutdown import Shutdown
 
     full, _ = outputs(run_once(bootstrap, generated))
     settings = JobSettings(bootstrap=bootstrap, topic_prefix=generated.prefix, once=False,

@@ -37,6 +37,7 @@ def asic_step(
     mean_power: float,
     mining_hash: float,
     mining_power: float,
+    last_state: str,
     elec: float,
     btc: float,
     difficulty: float,
@@ -62,6 +63,8 @@ def asic_step(
         "e_net": e_net,
     }
     cur = state["action"]
+    if last_state == "fault":
+        return "curtail", "device_fault", figures
     if math.isnan(e_net):
         return cur, "no_price", figures
     if stale:  # a feed is down: keep the last action, never switch on an old price

@@ -8,7 +8,12 @@ import psycopg
 
 from hcp.errors import SinkUnavailableError
 from hcp.settings import add_settings
-from sinks.postgres.schema import apply_migrations, ensure_database, redact_dsn
+from sinks.postgres.schema import (
+    apply_migrations,
+    ensure_database,
+    redact_dsn,
+    require_database_name,
+)
 
 __all__ = ["register"]
 
@@ -27,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Apply the versioned migrations in sinks/postgres/migrations. Uses TimescaleDB "
             "hypertables, compression, retention and a continuous aggregate when the "
             "timescaledb extension is available, plain tables with BRIN indexes otherwise. "
-            "Creates the database itself when it does not exist. Running it again is a no-op."
+            "Creates the database itself when it does not exist; refuses a DSN that names no "
+            "database or a maintenance one (postgres, template0/1). Running it again is a "
+            "no-op."
         ),
     )
     add_settings(init, "pg")
@@ -35,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
+    require_database_name(args.pg)  # never install into the maintenance database
     try:
         if ensure_database(args.pg):
             print(f"created database at {redact_dsn(args.pg)}")

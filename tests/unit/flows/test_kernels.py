@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 
 from flows.profitability import kernels as k
 from flows.profitability.fleet import apply_power_caps
+from hcp.schemas import ASIC_STATES
 from tests.support import kernel_reference as ref
+
+ASIC_STATE_CODE = {s: i for i, s in enumerate(ASIC_STATES)}
 
 finite = st.floats(min_value=0, max_value=1e4, allow_nan=False, allow_infinity=False)
 
@@ -60,6 +63,7 @@ def _asic_run(windows: list[dict], fee: float, hyst: float, dwell: int) -> list[
             np.array([w["power"]]),
             np.array([w["mhash"]]),
             np.array([w["mpower"]]),
+            np.array([ASIC_STATE_CODE[w.get("state", "mining")]], np.int8),
             np.array([w["elec"]]),
             np.array([w.get("stale", False)]),
             w["btc"],
@@ -89,7 +93,8 @@ window_st = st.fixed_dictionaries(
         "power": st.floats(0, 5000, allow_subnormal=False),
         "mhash": st.one_of(st.just(math.nan), st.floats(1, 400)),
         "mpower": st.floats(100, 5000),
-        "elec": st.one_of(st.just(math.nan), st.floats(0, 3000)),
+        "state": st.sampled_from(ASIC_STATES),
+        "elec": st.one_of(st.just(math.nan), st.floats(0, 3000, allow_subnormal=False)),
         "btc": st.floats(1000, 200_000),
         "diff": st.floats(1e12, 1e15),
         "reward": st.floats(0.5, 6.25),
@@ -120,6 +125,7 @@ def test_asic_decisions_match_reference(
             w["power"],
             w["mhash"],
             w["mpower"],
+            w["state"],
             w["elec"],
             w["btc"],
             w["diff"],

@@ -90,7 +90,8 @@ def price_key(msg: dict) -> str:
 # --- the per-device window fold -----------------------------------------------------------
 
 # GPU state: [count, util, power, temp, busy, last_state, site, model]
-# ASIC state: [count, hash, power, temp, acc, rej, hw, mcount, mhash, mpower, site, model]
+# ASIC state: [count, hash, power, temp, acc, rej, hw, mcount, mhash, mpower, site, model,
+#              last_state]
 
 
 def fold_sample(state: list | None, item: tuple[str, dict]) -> list:
@@ -108,7 +109,7 @@ def fold_sample(state: list | None, item: tuple[str, dict]) -> list:
         state[5] = m["state"]
         return state
     if state is None:
-        state = [0.0] * 10 + [m["site"], m["model"]]
+        state = [0.0] * 10 + [m["site"], m["model"], ""]
     h, p = m["hashrate_ths"], m["power_w"]
     state[0] += 1.0
     state[1] += h
@@ -121,6 +122,7 @@ def fold_sample(state: list | None, item: tuple[str, dict]) -> list:
         state[7] += 1.0
         state[8] += h
         state[9] += p
+    state[12] = m["state"]
     return state
 
 
@@ -198,12 +200,18 @@ def _asic_rec(st: _Asic, sums: list, prices: _Prices, end: int, cfg: BaselineCon
     e_rev = st.exp_hash * usd_per_th_hr
     e_cost = st.exp_power / 1e6 * elec
     e_net = e_rev - e_cost
-    # The switching rule is the job's own (one copy); the baseline differs in how it gets here.
-    code, why, st.last_switch = k.asic_switch(
-        k.ACTIONS.index(st.action), st.last_switch, e_net, e_rev, cfg.hysteresis, cfg.dwell_ms, end
-    )
-    st.action = action = k.ACTIONS[code]
-    reason = k.REASONS[why]
+    if sums[12] == "fault":
+        # As the job: curtailed, and its mine/curtail state is kept for when it recovers.
+        action, reason = "curtail", "device_fault"
+    else:
+        # The switching rule is the job's own (one copy); the baseline differs in how it
+        # gets here.
+        code, why, st.last_switch = k.asic_switch(
+            k.ACTIONS.index(st.action), st.last_switch, e_net, e_rev, cfg.hysteresis,
+            cfg.dwell_ms, end,
+        )
+        st.action = action = k.ACTIONS[code]
+        reason = k.REASONS[why]
     return {
         "device_type": "asic", "site": site, "model": sums[11],
         "action": action, "reason": reason,
