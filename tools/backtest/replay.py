@@ -2,9 +2,10 @@
 
 The same code as ``hcp run`` decides: each recorded message is decoded by
 ``flows.decode`` and folded by :class:`~flows.profitability.shard.ShardLogic` (windows,
-kernels, stale-price rule), then :class:`~flows.profitability.fleet.FleetLogic` (power
-caps). Only Kafka, Bytewax's scheduler and the sinks are left out: nothing is produced,
-no Redis key or table is touched, and event time runs as fast as the CPU allows.
+kernels, stale-price rule), then one :class:`~flows.profitability.fleet.SiteGroupLogic`
+holding every site (power caps). Only Kafka, Bytewax's scheduler and the sinks are left
+out: nothing is produced, no Redis key or table is touched, and event time runs as fast
+as the CPU allows.
 
 Every policy sees the same decoded batches in the same order (decoded once, shared), so
 a recording and a policy always give the same recommendations. One shard holds every
@@ -25,7 +26,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from flows.decode import decode_values
-from flows.profitability.fleet import FleetLogic, FleetState
+from flows.profitability.fleet import FleetState, SiteGroupLogic
 from flows.profitability.shard import ShardConfig, ShardLogic
 from flows.source import KIND_FIELDS, SourceBatch
 from hcp.errors import ConfigError
@@ -65,7 +66,7 @@ class PolicyRun:
 
     policy: Policy
     shard: ShardLogic
-    fleet: FleetLogic
+    fleet: SiteGroupLogic  # one site group holding every site: the power caps
     recs: list[pl.DataFrame] = field(default_factory=list)
     windows: list[pl.DataFrame] = field(default_factory=list)
 
@@ -77,8 +78,8 @@ class PolicyRun:
         self._collect(self.fleet.on_eof()[0])
 
     def _fleet_items(self, items: list[tuple]) -> None:
-        if items:
-            self._collect(self.fleet.on_batch(items)[0])
+        if items:  # keyed like the dataflow's site-group step: (group, item)
+            self._collect(self.fleet.on_batch([("0", item) for item in items])[0])
 
     def _collect(self, items: list[tuple]) -> None:
         for item in items:
@@ -225,7 +226,9 @@ def run_policies(recording: Path, policies: list[Policy]) -> tuple[list[PolicyRu
             )
 
         runs.append(
-            PolicyRun(policy, ShardLogic(make_config, None), FleetLogic(("0",), True, FleetState()))
+            PolicyRun(
+                policy, ShardLogic(make_config, None), SiteGroupLogic(("0",), True, FleetState())
+            )
         )
     topic, path, _ = topics["prices"]
     price_batches = list(_batches("prices", topic, path, replay))
