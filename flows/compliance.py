@@ -83,7 +83,7 @@ class ComplianceLogic(StatefulBatchLogic[tuple, tuple, bytes]):
     def on_batch(self, values: list[tuple]) -> tuple[list[tuple], bool]:
         out: list[tuple] = []
         for tag, payload in values:
-            if tag == Out.WINDOWS and payload.height:
+            if tag in (Out.WINDOWS, Out.OBSERVED) and payload.height:
                 self.s.pending[int(payload["window_start"][0])] = payload
             elif tag == Out.RECS and payload.height:
                 start = int(payload["window_start"][0])

@@ -21,6 +21,7 @@ class Out(StrEnum):
     ASIC_RAW = "asic_raw"  # decoded ASIC telemetry, for raw storage
     WINDOWS = "windows"  # closed device windows (WINDOW_SCHEMA)
     RECS = "recs"  # recommendations of whole windows (REC_SCHEMA)
+    OBSERVED = "observed"  # a whole window's device_id, window_start, power_w (compliance)
     FLEET_WM = "fleet_wm"  # payload int: every window ending at or before it has been emitted
     WORKLOAD_EVENTS = "workload_events"  # workload state transitions
     ASSIGNMENTS = "assignments"  # payload list of assignment messages for the fleet

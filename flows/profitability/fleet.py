@@ -198,7 +198,8 @@ class SiteGroupLogic(_WindowGate):
         return [
             (Out.WINDOWS, _conform(df, WINDOW_SCHEMA)),
             (Out.RECS, recs),
-            ("win", self.s.key, start, recs),
+            # The fleet step also passes on the observed power, for the compliance step.
+            ("win", self.s.key, start, recs.with_columns(df["power_w"])),
         ]
 
     def _watermark_item(self, wm: int) -> tuple:
@@ -209,8 +210,9 @@ class FleetLogic(_WindowGate):
     """The one global step: whole windows, in window order, sorted by device id.
 
     Collects site groups' ``win``/``wm`` items (rows already capped and conformed to
-    REC_SCHEMA); emits ``("recs", df)`` per window and ``("fleet_wm", wm)``, for the
-    Redis writer and the workload router.
+    REC_SCHEMA, plus the observed ``power_w``); emits ``("observed", df)`` and
+    ``("recs", df)`` per window and ``("fleet_wm", wm)``, for the Redis writer, the workload
+    router and the compliance step.
     """
 
     def on_batch(self, values: list[tuple]) -> tuple[list[tuple], bool]:
@@ -222,7 +224,10 @@ class FleetLogic(_WindowGate):
 
     def _release(self, start: int, frames: list[pl.DataFrame]) -> list[tuple]:
         df = frames[0] if len(frames) == 1 else pl.concat(frames).sort("device_id")
-        return [(Out.RECS, df)]
+        # Observed power first, on the same stream: the compliance step judges a window's
+        # recommendations against it when they arrive.
+        observed = df.select("device_id", "window_start", "power_w")
+        return [(Out.OBSERVED, observed), (Out.RECS, df.drop("power_w"))]
 
     def _watermark_item(self, wm: int) -> tuple:
         return (Out.FLEET_WM, wm)

@@ -218,7 +218,7 @@ def test_fleet_stage_sends_its_watermark_after_the_recs() -> None:
     got, _ = fleet.on_batch(out[2:])
     assert got == []  # site group 1 has not closed anything
     got, _ = fleet.on_batch([("wm", "1", T0)])
-    assert [item[0] for item in got] == ["recs", "fleet_wm"]
+    assert [item[0] for item in got] == ["observed", "recs", "fleet_wm"]
     assert got[-1] == ("fleet_wm", T0)
     out, _ = fleet.on_batch([("wm", "1", T0)])
     assert out == []  # no progress, no repeat
