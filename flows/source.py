@@ -21,6 +21,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from flows import metrics
 from flows.decode import decode_values
+from flows.frames import decode_messages
+from hcp.frames import is_frame
 from hcp.kafka_admin import partition_counts
 from hcp.schemas import ASIC_FIELDS, DLQ_SCHEMA, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, Field
 
@@ -51,6 +53,12 @@ def reset_shutdown() -> None:
     """Forget an earlier shutdown request: for a process that runs the flow again (tests)."""
     _SHUTDOWN["requested"] = False
 
+
+# Gathered bytes that make a batch ready at once: ~4 frames, ~30k samples.
+READY_BYTES = 4 * 1024 * 1024
+
+# Topics that may carry Arrow frames (SPEC section 1b); others are JSON only.
+FRAME_KINDS = frozenset({"gpu", "asic"})
 
 KIND_FIELDS: dict[str, tuple[Field, ...]] = {
     "gpu": GPU_FIELDS,
@@ -226,21 +234,41 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
             values = [m.value() for m in msgs]
         if not msgs:
             return []
-        decoded = decode_values(values, self._fields)
-        dlq = None
-        if decoded.bad_index:
-            dlq = self._dead_letters(msgs, values, decoded.bad_index, decoded.bad_reason)
+        rows, dlq, samples = self._decode(msgs, values)
         self._offset = msgs[-1].offset() + 1
-        metrics.EVENTS_IN.labels(self._topic).inc(len(msgs))
+        metrics.EVENTS_IN.labels(self._topic).inc(samples)
         metrics.DECODE_SECONDS.labels(self._kind).observe(time.perf_counter() - started)
         finished = self._once and eof
         if finished:
             self._done = True
-        return [self._batch(decoded.rows, dlq, eof=finished)]
+        return [self._batch(rows, dlq, eof=finished)]
+
+    def _decode(self, msgs: list, values: list) -> tuple[pl.DataFrame, pl.DataFrame | None, int]:
+        """Rows, dead letters and the number of samples read (a frame holds many)."""
+        headers = [m.headers() for m in msgs] if self._kind in FRAME_KINDS else None
+        if headers is not None and any(headers):
+            flags = [is_frame(h) for h in headers]
+            if any(flags):
+                mixed = decode_messages(values, flags, self._fields)
+                dlq = None
+                if mixed.bad_msg:
+                    dlq = self._dead_letters(
+                        msgs, mixed.bad_value, mixed.bad_msg, mixed.bad_reason, mixed.bad_row
+                    )
+                return mixed.rows, dlq, mixed.samples
+        decoded = decode_values(values, self._fields)
+        dlq = None
+        if decoded.bad_index:
+            bad_values = [values[i] for i in decoded.bad_index]
+            dlq = self._dead_letters(msgs, bad_values, decoded.bad_index, decoded.bad_reason)
+        return decoded.rows, dlq, len(msgs)
 
     def _ready(self, now: float, eof: bool) -> bool:
         """Whether the gathered messages go out now."""
         if len(self._pending) >= self._batch_size // 10 or (self._once and eof):
+            return True
+        # A few frames already hold tens of thousands of samples: go as soon as they are here.
+        if sum(map(len, self._pending)) >= READY_BYTES:
             return True
         return now - self._pending_since >= self._linger_s
 
@@ -257,11 +285,18 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         return kept
 
     def _dead_letters(
-        self, msgs: list, values: list, bad_index: list[int], bad_reason: list[str]
+        self,
+        msgs: list,
+        bad_values: list,
+        bad_index: list[int],
+        bad_reason: list[str],
+        bad_row: list[int | None] | None = None,
     ) -> pl.DataFrame | None:
+        """Dead letters for rejected messages (and frame rows: ``bad_row`` is their index)."""
         rows: dict[str, list] = {c: [] for c in DLQ_SCHEMA}
         reasons: list[str] = []
-        for i, reason in zip(bad_index, bad_reason, strict=True):
+        row_of = bad_row if bad_row is not None else [None] * len(bad_index)
+        for i, reason, value, row in zip(bad_index, bad_reason, bad_values, row_of, strict=True):
             err = msgs[i].error()
             if err is not None:
                 # An event, not a message: nothing to dead-letter. librdkafka retries
@@ -275,7 +310,8 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
             rows["offset"].append(msgs[i].offset())
             rows["reason"].append(reason)
             rows["key"].append(msgs[i].key())
-            rows["value"].append(values[i])
+            rows["value"].append(value)
+            rows["row"].append(row)
             reasons.append(reason)
         if not reasons:
             return None
