@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from generators.run import Progress, generate
 from generators.scenario import load_scenario, parse_instant_ms
-from generators.simulation import SimConfig
+from generators.simulation import ENCODINGS, SimConfig
 from hcp.config import (
     add_connection_args,
     add_topic_args,
@@ -31,6 +31,13 @@ def _instant(text: str) -> int:
         return parse_instant_ms(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _encoding(text: str) -> str:
+    if text not in ENCODINGS:
+        msg = f"must be one of {', '.join(ENCODINGS)}, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,6 +95,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         env="HCP_SCENARIO",
         help="scenario JSON file, or the name of a bundled one (e.g. demo)",
     )
+    env_arg(
+        sim,
+        "--encoding",
+        env="HCP_ENCODING",
+        default="json",
+        type=_encoding,
+        help="telemetry encoding: json = one message per sample keyed by device; frames = "
+        "Arrow IPC frames keyed by site, as site collectors send them (each under 1 MiB)",
+    )
     env_flag(sim, "--no-market", env="HCP_NO_MARKET", help="do not publish market prices")
     env_flag(sim, "--no-workloads", env="HCP_NO_WORKLOADS", help="no random workload requests")
     env_flag(
@@ -129,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         workloads=not args.no_workloads,
         scenario=scenario,
         closed_loop=args.follow_assignments,
+        encoding=args.encoding,
     )
     interval = args.progress_interval
     topics = Topics(prefix=args.topic_prefix)
