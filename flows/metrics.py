@@ -32,7 +32,6 @@ CONSUMER_LAG = Gauge(
 )
 PRICE = Gauge("hcp_price", "Latest price per key (kind or kind:scope)", ["key"])
 WATERMARK = Gauge("hcp_watermark_ms", "Event-time watermark of the fleet stage")
-DLQ_WRITTEN = Counter("hcp_dlq_written_total", "Dead letters written to the DLQ topic")
 
 _STATE: dict[str, object] = {"port": 0, "host": "127.0.0.1", "started": False}
 

@@ -22,8 +22,9 @@ __all__ = ["RECOVERY_FORMAT", "prepare_recovery_dir"]
 
 log = logging.getLogger(__name__)
 
-# Bump when the pickled shard or fleet state changes shape.
-RECOVERY_FORMAT = 1
+# Bump when the pickled shard or fleet state changes shape or moves (2: the layout of issue 10
+# moved every state class to flows/profitability/ and flows/router/).
+RECOVERY_FORMAT = 2
 MANIFEST = "hcp-recovery.json"
 INITIALISING = ".hcp-initialising"
 

@@ -206,9 +206,7 @@ class GpuFleet:
         return pl.DataFrame(
             {
                 "ts": ts,
-                "gpu_id": static["gpu_id"],
-                "site": static["site"],
-                "model": static["model"],
+                **static.to_dict(),
                 "state": STATE_NAMES.gather(cols["state"]),
                 "util_pct": cols["util_pct"],
                 "temp_c": cols["temp_c"],

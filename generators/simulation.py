@@ -27,7 +27,7 @@ from generators.workloads import Burst, WorkloadSource
 from hcp.frames import FRAME_HEADERS, encode_frames, frame_schema
 from hcp.schemas import ASIC_FIELDS, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, polars_schema
 
-__all__ = ["ENCODINGS", "STREAMS", "Batch", "SimConfig", "Simulation"]
+__all__ = ["STREAMS", "Batch", "SimConfig", "Simulation"]
 
 STREAMS = ("gpu", "asic", "prices", "workloads")
 _GPU_STATES = {"idle": IDLE, "busy": BUSY, "down": DOWN}
@@ -35,7 +35,6 @@ _ASIC_STATES = {"mining": MINING, "curtailed": CURTAILED, "fault": FAULT}
 _PRICE_SCHEMA = {k: v for k, v in polars_schema(PRICE_FIELDS).items() if k != "v"}
 _WORKLOAD_SCHEMA = {k: v for k, v in polars_schema(WORKLOAD_FIELDS).items() if k != "v"}
 _FRAME_SCHEMAS = {"gpu": frame_schema(GPU_FIELDS), "asic": frame_schema(ASIC_FIELDS)}
-ENCODINGS = ("json", "frames")
 
 
 @dataclass(frozen=True)

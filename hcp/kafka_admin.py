@@ -10,7 +10,7 @@ import logging
 import time
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from hcp.errors import BrokerUnreachableError, HcpError
@@ -93,6 +93,28 @@ def ensure_topics(
             msg = f"topics {sorted(set(names) - set(counts))} are not visible on {bootstrap}"
             raise HcpError(msg)
         time.sleep(0.05)
+
+
+def split_fetch(batch: list[Message], what: str) -> tuple[list[Message], list[Message]]:
+    """A fetched batch as (records, end-of-partition events); any other error raises.
+
+    ``what`` names the reader in the error (``reading hcp.dlq``). Consumers that find a
+    partition's end through ``enable.partition.eof`` all need this split; the common case
+    of a batch without events costs one pass.
+    """
+    records = [m for m in batch if m.error() is None]
+    if len(records) == len(batch):
+        return records, []
+    eofs: list[Message] = []
+    for m in batch:
+        err = m.error()
+        if err is None:
+            continue
+        if err.code() != KafkaError._PARTITION_EOF:
+            msg = f"{what}: {err.str()}"
+            raise HcpError(msg)
+        eofs.append(m)
+    return records, eofs
 
 
 def end_offsets(

@@ -1,4 +1,4 @@
-"""Prometheus metrics shared by every external sink (Redis, PostgreSQL).
+"""Prometheus metrics of the sinks (Redis, PostgreSQL, the dead-letter topic).
 
 Defined once here because prometheus_client refuses to register the same name twice in
 one process: each sink module imports these and sets its own ``sink`` label.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 __all__ = [
+    "DLQ_WRITTEN",
     "SINK_ERRORS",
     "SINK_OUTAGES",
     "SINK_ROWS",
@@ -36,3 +37,4 @@ SINK_ROWS = Counter(
     "Rows written by a sink, per destination table or key family",
     ["sink", "table"],
 )
+DLQ_WRITTEN = Counter("hcp_dlq_written_total", "Dead letters written to the DLQ topic")

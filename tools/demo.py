@@ -24,8 +24,8 @@ import redis
 from generators.run import generate
 from generators.scenario import load_scenario
 from generators.simulation import SimConfig
-from hcp.config import DEFAULT_PG, DEFAULT_REDIS, env_arg, positive_int
 from hcp.errors import HcpError, SinkUnavailableError
+from hcp.settings import add_settings
 from hcp.topics import Topics
 from tools.broker import EmbeddedBroker
 
@@ -47,64 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "job writing to Redis and PostgreSQL. Prints per-site decisions as they change."
         ),
     )
-    env_arg(
+    add_settings(
         parser,
-        "--bootstrap",
-        env="HCP_KAFKA_BOOTSTRAP",
-        default=None,
-        help="Kafka bootstrap; unset = start the embedded broker",
+        "bootstrap", "redis", "pg", "redis_prefix", "topic_prefix",
+        "scenario", "duration", "speed", "gpus", "asics", "sites", "workload_rate", "seed",
+        defaults={"bootstrap": None, "scenario": "demo", "duration": 1200, "speed": 20.0,
+                  "gpus": 24, "workload_rate": 3.0},
+        helps={"bootstrap": "unset = start the embedded broker"},
     )
-    env_arg(parser, "--redis", env="HCP_REDIS_URL", default=DEFAULT_REDIS, help="Redis URL")
-    env_arg(parser, "--pg", env="HCP_PG_DSN", default=DEFAULT_PG, help="PostgreSQL DSN")
-    env_arg(
-        parser,
-        "--redis-prefix",
-        env="HCP_REDIS_PREFIX",
-        default="hcp:",
-        help="prefix of the Redis keys the demo's job writes",
-    )
-    env_arg(
-        parser,
-        "--topic-prefix",
-        env="HCP_TOPIC_PREFIX",
-        default="hcp.",
-        help="prefix of the topic names",
-    )
-    env_arg(
-        parser,
-        "--scenario",
-        env="HCP_SCENARIO",
-        default="demo",
-        help="scenario file, or the name of a bundled one",
-    )
-    env_arg(
-        parser,
-        "--duration",
-        env="HCP_DURATION",
-        default=1200,
-        type=positive_int,
-        help="simulated seconds",
-    )
-    env_arg(
-        parser,
-        "--speed",
-        env="HCP_DEMO_SPEED",
-        default=20.0,
-        type=float,
-        help="simulated seconds per wall second",
-    )
-    env_arg(parser, "--gpus", env="HCP_GPUS", default=24, type=positive_int, help="GPUs")
-    env_arg(
-        parser,
-        "--workload-rate",
-        env="HCP_WORKLOAD_RATE",
-        default=3.0,
-        type=float,
-        help="workload requests per simulated minute",
-    )
-    env_arg(parser, "--asics", env="HCP_ASICS", default=50, type=positive_int, help="ASICs")
-    env_arg(parser, "--sites", env="HCP_SITES", default=3, type=positive_int, help="sites")
-    env_arg(parser, "--seed", env="HCP_SEED", default=7, type=int, help="random seed")
     parser.set_defaults(func=run)
 
 

@@ -19,6 +19,7 @@ from flows.profitability import kernels as k
 from flows.profitability.shard import NEG_INF, POS_INF
 from flows.source import shutdown_requested
 from hcp.schemas import REC_SCHEMA, WINDOW_SCHEMA
+from hcp.tags import Out
 
 __all__ = ["FleetLogic", "FleetState", "apply_power_caps"]
 
@@ -107,13 +108,13 @@ class FleetLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             df = apply_power_caps(pl.concat(frames, how="diagonal_relaxed").sort("device_id"))
             for action, n in df["action"].value_counts().iter_rows():
                 metrics.RECOMMENDATIONS.labels(action).inc(n)
-            out.append(("windows", _conform(df, WINDOW_SCHEMA)))
-            out.append(("recs", _conform(df, REC_SCHEMA)))
+            out.append((Out.WINDOWS, _conform(df, WINDOW_SCHEMA)))
+            out.append((Out.RECS, _conform(df, REC_SCHEMA)))
         # After the recs it covers, on the same stream, so the router never sees a
         # watermark before the recommendations of the windows it closes.
         if wm > getattr(self.s, "emitted_wm", NEG_INF):  # absent in older snapshots
             self.s.emitted_wm = wm
-            out.append(("fleet_wm", wm))
+            out.append((Out.FLEET_WM, wm))
         return out
 
 

@@ -15,7 +15,7 @@ import polars as pl
 
 from flows.router.kernels import gpu_scores
 
-__all__ = ["BUSY", "DOWN", "IDLE", "UNKNOWN", "FleetState"]
+__all__ = ["BUSY", "DOWN", "IDLE", "UNKNOWN", "GpuRoster"]
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ UNKNOWN, IDLE, BUSY, DOWN = 0, 1, 2, 3
 _STATE_CODE = {"idle": IDLE, "busy": BUSY, "down": DOWN}
 
 
-class FleetState:
+class GpuRoster:
     """Latest status of every GPU seen, spot prices per model, electricity per site."""
 
     def __init__(self, capacity: int = 64) -> None:

@@ -24,7 +24,7 @@ import polars as pl
 from prometheus_client import Counter, Gauge
 
 from flows.router.classify import classify
-from flows.router.fleet import FleetState
+from flows.router.fleet import GpuRoster
 from flows.router.kernels import (
     DEFAULT_POWER_KW,
     DEFAULT_TEMP_MAX_C,
@@ -69,7 +69,7 @@ class Router:
 
     def __init__(self, config: RouterConfig | None = None) -> None:
         self.config = config or RouterConfig()
-        self.fleet = FleetState()
+        self.fleet = GpuRoster()
         self.queue = AgingQueue(self.config.aging_s)
         self.machine = StateMachine()
         self.workloads: dict[str, Workload] = {}

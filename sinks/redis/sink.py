@@ -28,6 +28,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from hcp.errors import SinkUnavailableError
+from hcp.tags import Out
 from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
 from sinks.redis.events import write_prices, write_workload_events
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
@@ -150,9 +151,9 @@ class RedisWriter:
 
 
 _HANDLERS: dict[str, Any] = {
-    "recs": RedisWriter._write_recs,
-    "prices": RedisWriter._write_prices,
-    "workload_events": RedisWriter._write_workload_events,
+    Out.RECS: RedisWriter._write_recs,
+    Out.PRICES: RedisWriter._write_prices,
+    Out.WORKLOAD_EVENTS: RedisWriter._write_workload_events,
 }
 
 

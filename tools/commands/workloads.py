@@ -14,8 +14,9 @@ from typing import TextIO
 
 import redis
 
-from hcp.config import DEFAULT_REDIS, env_arg, positive_int
+from hcp.config import env_arg, positive_int
 from hcp.errors import ConfigError, SinkUnavailableError
+from hcp.settings import add_settings
 
 __all__ = ["fetch_workloads", "register", "render"]
 
@@ -30,9 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    env_arg(parser, "--redis", env="HCP_REDIS_URL", default=DEFAULT_REDIS, help="Redis URL")
-    env_arg(parser, "--redis-prefix", env="HCP_REDIS_PREFIX", default="hcp:",
-            help="prefix of every HCP key in Redis")
+    add_settings(parser, "redis", "redis_prefix")
     env_arg(parser, "--limit", env="HCP_WORKLOADS_LIMIT", default=50, type=positive_int,
             help="rows shown per table")
     parser.set_defaults(func=_run)

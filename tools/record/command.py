@@ -10,8 +10,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from hcp.config import add_connection_args, add_topic_args, env_arg, env_flag, speed_value
+from hcp.config import env_arg, env_flag
 from hcp.kafka_admin import check_broker
+from hcp.settings import add_settings
 from hcp.topics import Topics
 from tools.bench.progress import Progress
 from tools.record.recording import read_manifest, record, replay
@@ -97,9 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_topic_list,
         help="comma-separated topics (default: the four input topics)",
     )
-    env_flag(rec, "--quiet", env="HCP_QUIET", help="no progress line")
-    add_connection_args(rec)
-    add_topic_args(rec)
+    add_settings(rec, "quiet", "bootstrap", "topic_prefix")
     rec.set_defaults(func=_record)
 
     rep = subparsers.add_parser(
@@ -120,14 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="recording",
         help="recording directory written by `hcp record`",
     )
-    env_arg(
-        rep,
-        "--speed",
-        env="HCP_SPEED",
-        default=1.0,
-        type=speed_value,
-        help="factor of the recorded pace, or 'max' for as fast as possible",
-    )
+    add_settings(rep, "speed")
     env_arg(
         rep,
         "--topics",
@@ -141,7 +133,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         env="HCP_REPLAY_KEEP_TIMESTAMPS",
         help="send the recorded message timestamps instead of the current time",
     )
-    env_flag(rep, "--quiet", env="HCP_QUIET", help="no progress line")
-    add_connection_args(rep)
-    add_topic_args(rep)
+    add_settings(rep, "quiet", "bootstrap", "topic_prefix", "partitions")
     rep.set_defaults(func=_replay)

@@ -30,7 +30,7 @@ from confluent_kafka import (
 )
 
 from hcp.errors import ConfigError, HcpError
-from hcp.kafka_admin import ensure_topics, partition_counts
+from hcp.kafka_admin import ensure_topics, partition_counts, split_fetch
 
 __all__ = [
     "FORMAT",
@@ -153,16 +153,8 @@ def _record_topic(
                     raise HcpError(msg)
                 continue
             idle_deadline = time.monotonic() + timeout_s
-            msgs = [m for m in batch if m.error() is None]
-            if len(msgs) != len(batch):
-                for m in batch:
-                    err = m.error()
-                    if err is None:
-                        continue
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        msg = f"reading {topic}: {err.str()}"
-                        raise HcpError(msg)
-                    pending.discard(m.partition())
+            msgs, eofs = split_fetch(batch, f"reading {topic}")
+            pending.difference_update(m.partition() for m in eofs)
             # One comprehension per column: much cheaper than five appends per message.
             parts.extend([m.partition() for m in msgs])
             offs.extend([m.offset() for m in msgs])

@@ -297,3 +297,11 @@ def test_empty_window_inputs() -> None:
     late, m = k.late_mask(np.zeros(0, np.int64), 5, 0)
     assert late.shape == (0,) and m == 5
     assert apply_power_caps(pl.DataFrame()).height == 0
+
+
+def test_state_codes_are_the_contract_positions_the_shards_encode() -> None:
+    from hcp.schemas import ASIC_STATES, GPU_STATES
+
+    assert [GPU_STATES[c] for c in (k.GPU_BUSY, k.GPU_IDLE, k.GPU_DOWN)] == ["busy", "idle", "down"]
+    asic = (k.ASIC_MINING, k.ASIC_CURTAILED, k.ASIC_FAULT)
+    assert [ASIC_STATES[c] for c in asic] == ["mining", "curtailed", "fault"]
