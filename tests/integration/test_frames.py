@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import polars as pl
 from confluent_kafka import Producer
@@ -24,6 +25,7 @@ from tests.support.framekit import (
     samples_frame,
     site_frames,
 )
+from tools.record.recording import record, replay
 
 KEY = ["window_start", "device_id"]
 
@@ -153,3 +155,20 @@ def test_bad_frames_and_bad_rows_are_dead_lettered_exactly_once_across_restarts(
     assert row3["gpu_id"] == "gpu-3" and row3["state"] == "asleep" and row3["v"] == 1
     # Counted on every read (two runs), written once.
     assert _counter("hcp_bad_input_total", topic=topics.gpu, reason="bad_frame") - before == 4
+
+
+def test_record_and_replay_keep_frame_headers(
+    bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    config = SimConfig(gpus=30, asics=30, sites=2, duration_s=90, encoding="frames")
+    generate(config, bootstrap, topics, speed=math.inf, partitions=4)
+    record(bootstrap, topics.inputs(), tmp_path, prefix=topics.prefix)
+    frame_rows = pl.read_parquet(tmp_path / f"{topics.gpu}.parquet")
+    assert frame_rows["headers"].null_count() == 0
+    assert pl.read_parquet(tmp_path / f"{topics.prices}.parquet")["headers"].null_count() > 0
+    again = Topics(prefix=topics.prefix + "again.")
+    replay(bootstrap, tmp_path, prefix=again.prefix, speed=math.inf)
+    original = run_once(bootstrap, topics, lateness_s=5)
+    replayed = run_once(bootstrap, again, lateness_s=5)
+    _same(original.frame("recs"), replayed.frame("recs"), KEY)
+    assert replayed.frame("dlq").height == 0
