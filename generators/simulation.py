@@ -111,15 +111,11 @@ class Simulation:
         self._asic_keys = [k.encode() for k in self.asic.ids]
         self._gpu_parts = partitions_for(self._gpu_keys, self.partitions["gpu"])
         self._asic_parts = partitions_for(self._asic_keys, self.partitions["asic"])
-        self._site_keys = [site.encode() for site in self.sites]
+        # Site frames go round robin over the partitions (site i to partition i mod P), not
+        # by crc32 of the key: with a handful of sites a hash leaves partitions, and so the
+        # job's shards, empty, and an empty shard's windows close only as prices arrive.
         self._site_parts = {
-            stream: dict(
-                zip(
-                    self.sites,
-                    partitions_for(self._site_keys, self.partitions[stream]),
-                    strict=True,
-                )
-            )
+            stream: {site: i % self.partitions[stream] for i, site in enumerate(self.sites)}
             for stream in ("gpu", "asic")
         }
         self._gpu_static = self.gpu.static_frame(self.sites)
