@@ -316,7 +316,8 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         if not reasons:
             return None
         metrics.count_bad_input(self._topic, reasons)
-        return pl.DataFrame(rows, schema=DLQ_SCHEMA)
+        # In source order (offset, then frame row): the DLQ sink's replay mark relies on it.
+        return pl.DataFrame(rows, schema=DLQ_SCHEMA).sort("offset", "row", nulls_last=False)
 
     def _batch(
         self, rows: pl.DataFrame, dlq: pl.DataFrame | None, eof: bool = False
