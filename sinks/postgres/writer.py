@@ -136,6 +136,7 @@ class PgWriter:
 
     ``before_commit(batch_number)`` runs inside the transaction after every row is
     merged and before the commit: a test hook that can raise to abort the batch.
+    ``fast_path=False`` upserts every batch (the write marks are still kept).
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class PgWriter:
         *,
         copy_format: CopyFormat = "csv",
         before_commit: Callable[[int], None] | None = None,
+        fast_path: bool = True,
     ) -> None:
         if copy_format not in ("csv", "binary"):
             msg = f"copy_format must be 'csv' or 'binary', got {copy_format!r}"
@@ -154,6 +156,7 @@ class PgWriter:
         self._conn = conn
         self._format = copy_format
         self._before_commit = before_commit
+        self._fast_path = fast_path  # off: every batch upserts (for measuring the gain)
         self._tables: dict[str, TableInfo] = {}
         self._upserts: dict[str, sql.Composed] = {}
         self.batches = 0
@@ -198,7 +201,7 @@ class PgWriter:
         with self._conn.transaction():
             for name, df in prepared.items():
                 info = self.table(name)
-                if name in FAST_TABLES and self._provably_new(info, df):
+                if self._fast_path and name in FAST_TABLES and self._provably_new(info, df):
                     self._copy_new(info, df)
                     self.fast_rows += df.height
                 else:
