@@ -136,20 +136,24 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     everything = op.merge("outputs", recs, side, routed)
     op.output("dlq_out", everything, DlqSink(settings.bootstrap, topics.dlq))
     op.output("assignments_out", everything, AssignmentSink(settings.bootstrap, topics.assignments))
+    history: list[Sink] = []
     if not settings.no_redis:
         from sinks.redis.sink import RedisSink
 
-        op.output(
-            "redis_out",
-            everything,
+        history.append(
             RedisSink(
                 settings.redis, prefix=settings.redis_prefix, stream_maxlen=settings.stream_maxlen
-            ),
+            )
         )
     if not settings.no_pg:
         from sinks.postgres.sink import PostgresSink
 
-        op.output("pg_out", everything, PostgresSink(settings.pg, store_raw=settings.store_raw))
+        history.append(PostgresSink(settings.pg, store_raw=settings.store_raw))
+    if history:
+        from sinks.overlap import OverlappedSinks
+
+        # One step: a window's Redis and PostgreSQL writes run at the same time.
+        op.output("history_out", everything, OverlappedSinks(history))
     for i, sink in enumerate(extra_sinks):
         op.output(f"extra_out_{i}", everything, sink)
     return flow
