@@ -120,8 +120,7 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
         if batch.rows.height:
             if batch.kind == "prices":
                 rows = price_rows(batch.rows)
-                for key, value in zip(rows["key"], rows["value"], strict=True):
-                    metrics.PRICE.labels(key).set(value)
+                metrics.set_prices(rows)
                 out.append((Out.PRICES, rows))
             elif batch.kind in ("gpu", "asic") and settings.store_raw and not settings.no_pg:
                 out.append((RAW_TAG[batch.kind], batch.rows))

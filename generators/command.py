@@ -42,15 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_settings(
         parser,
-        "seed",
-        "gpus",
-        "asics",
-        "sites",
-        "duration",
-        "speed",
-        "workload_rate",
-        "scenario",
+        "seed", "gpus", "asics", "sites", "duration", "speed", "workload_rate", "scenario",
         "encoding",
+        helps={"seed": "with --start it also names the run's workload ids (wl-TAG-N)"},
     )
     sim = parser.add_argument_group("simulation")
     env_arg(
@@ -87,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(str(exc)) from None
     sites = [f"site-{i + 1:02d}" for i in range(args.sites)]
-    scenario = load_scenario(args.scenario, start_ms, sites) if args.scenario else None
+    scenario = (
+        load_scenario(args.scenario, start_ms, sites, args.duration) if args.scenario else None
+    )
     config = SimConfig(
         seed=args.seed,
         gpus=args.gpus,

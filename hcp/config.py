@@ -20,6 +20,7 @@ __all__ = [
     "non_negative_float",
     "non_negative_int",
     "positive_int",
+    "redis_url",
     "speed_value",
     "telemetry_encoding",
 ]
@@ -136,3 +137,24 @@ def telemetry_encoding(text: str) -> str:
         msg = f"must be one of {', '.join(ENCODINGS)}, not {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return text
+def redis_url(text: str) -> str:
+    """Check a Redis URL's form (scheme, port, database number) without connecting.
+
+    The message never repeats the URL: it may carry a password.
+    """
+    from urllib.parse import urlsplit
+
+    from redis.connection import parse_url
+
+    try:
+        parse_url(text)
+        parts = urlsplit(text)
+        db = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
+    except ValueError as exc:
+        msg = f"not a Redis URL: {exc} (e.g. redis://127.0.0.1:6379/0)"
+        raise argparse.ArgumentTypeError(msg) from None
+    if db and not db.isdigit():
+        msg = f"the Redis database must be a number, got {db!r} (e.g. redis://127.0.0.1:6379/0)"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+

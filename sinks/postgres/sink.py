@@ -25,7 +25,15 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from hcp.errors import SinkUnavailableError
 from hcp.tags import Out
-from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
+from sinks.metrics import (
+    SINK_ERRORS,
+    SINK_OUTAGES,
+    SINK_ROWS,
+    SINK_WRITE_SECONDS,
+    outage_ended,
+    outage_started,
+    sink_started,
+)
 from sinks.postgres.schema import apply_migrations, redact_dsn
 from sinks.postgres.writer import CopyFormat, PgWriter
 
@@ -136,6 +144,7 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
         self._migrated = not config.migrate
         self._batches = 0  # non-empty write_batch calls, the hook's batch numbers
         self._outage: _Outage | None = None
+        sink_started("postgres")
 
     def _wanted(self, tag: str) -> bool:
         if tag not in TAG_TABLES:
@@ -214,7 +223,7 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
         now = time.monotonic()
         if self._outage is None:
             self._outage = _Outage(started=now)
-            SINK_OUTAGES.labels(sink="postgres").inc()
+            outage_started("postgres")
             log.warning(
                 "postgres sink %s: write to %s failed (%s); holding the batch and retrying "
                 "with backoff up to %.1fs",
@@ -242,6 +251,7 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
                 self._outage.retries,
             )
             self._outage = None
+            outage_ended("postgres")
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

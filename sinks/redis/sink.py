@@ -29,7 +29,14 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from hcp.errors import SinkUnavailableError
 from hcp.tags import Out
-from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
+from sinks.metrics import (
+    SINK_ERRORS,
+    SINK_ROWS,
+    SINK_WRITE_SECONDS,
+    outage_ended,
+    outage_started,
+    sink_started,
+)
 from sinks.redis.events import write_prices, write_workload_events
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
@@ -79,6 +86,7 @@ class RedisWriter:
         self._cache = HashCache() if delta_hashes else None
         self.last_rec_stats: RecWriteStats | None = None  # of the last "recs" item
         self._outage_since: float | None = None
+        sink_started("redis")
 
     def close(self) -> None:
         self.client.close()
@@ -100,7 +108,7 @@ class RedisWriter:
                 now = time.monotonic()
                 if self._outage_since is None:
                     self._outage_since = now
-                    SINK_OUTAGES.labels(sink="redis").inc()
+                    outage_started("redis")
                     log.warning(
                         "Redis sink: %s failed (%s: %s); holding the batch and retrying",
                         self.url, type(exc).__name__, exc,
@@ -118,6 +126,7 @@ class RedisWriter:
                 time.monotonic() - self._outage_since,
             )
             self._outage_since = None
+            outage_ended("redis")
         SINK_WRITE_SECONDS.labels(sink="redis").observe(time.monotonic() - started)
 
     def _write_once(self, items: list[Item]) -> None:

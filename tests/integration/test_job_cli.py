@@ -176,7 +176,7 @@ def test_streaming_job_serves_metrics_and_stops_cleanly_on_sigterm(
             "hcp_events_in_total",
             "hcp_windows_closed_total",
             "hcp_recommendations_total",
-            "hcp_price",
+            "hcp_btc_usd",
             "hcp_batch_seconds",
             "hcp_sink_write_seconds",
         ):

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "db",
         help="manage the PostgreSQL / TimescaleDB history schema",
-        description="Manage the history schema (SPEC section 4 tables).",
+        description="Manage the history schema (the tables of docs/contract.md section 4).",
     )
     actions = parser.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     init = actions.add_parser(

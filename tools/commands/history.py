@@ -144,6 +144,10 @@ def _run(args: argparse.Namespace) -> int:
     if export is not None and export.suffix.lower() not in (".csv", ".parquet"):
         msg = f"--export needs a .csv or .parquet file name, got {str(export)!r}"
         raise ConfigError(msg)
+    if export is not None and not export.absolute().parent.is_dir():
+        # Checked before the query: finding out after a long query wastes it.
+        msg = f"--export {export}: directory {export.absolute().parent} does not exist"
+        raise ConfigError(msg)
     with connect(args.pg) as conn:
         require_schema(conn, args.pg)
         try:

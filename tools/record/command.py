@@ -11,11 +11,12 @@ import logging
 from pathlib import Path
 
 from hcp.config import env_arg, env_flag
+from hcp.errors import ConfigError
 from hcp.kafka_admin import check_broker
 from hcp.settings import add_settings
 from hcp.topics import Topics
 from tools.bench.progress import Progress
-from tools.record.recording import read_manifest, record, replay
+from tools.record.recording import check_files, read_manifest, record, replay
 
 __all__ = ["register"]
 
@@ -34,11 +35,21 @@ def _resolve(names: list[str] | None, prefix: str) -> list[str]:
 
 
 def _record(args: argparse.Namespace) -> int:
+    # Checked before the broker: a bad --out should not wait for Kafka to say so.
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        msg = f"--out {out} is a file; give a directory for the recording"
+        raise ConfigError(msg)
     check_broker(args.bootstrap)
     topics = _resolve(args.topics, args.topic_prefix)
     progress = Progress("record", unit="messages", enabled=not args.quiet)
     recorded = record(
-        args.bootstrap, topics, Path(args.out), prefix=args.topic_prefix, progress=progress.update
+        args.bootstrap,
+        topics,
+        Path(args.out),
+        prefix=args.topic_prefix,
+        progress=progress.update,
+        overwrite=args.overwrite,
     )
     progress.close()
     for r in recorded:
@@ -48,9 +59,10 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    check_broker(args.bootstrap)
     in_dir = Path(args.input)
     _, recorded = read_manifest(in_dir)
+    check_files(in_dir, recorded)
+    check_broker(args.bootstrap)
     wanted = set(args.topics or [])
     total = sum(
         r.messages
@@ -89,7 +101,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         env="HCP_RECORD_OUT",
         required=False,
         default="recording",
-        help="directory to write the recording to",
+        help="directory to write the recording to: new, empty, or (with --overwrite) an "
+        "earlier recording",
+    )
+    env_flag(
+        rec,
+        "--overwrite",
+        env="HCP_RECORD_OVERWRITE",
+        help="replace the recording already in --out (its manifest and Parquet files only)",
     )
     env_arg(
         rec,

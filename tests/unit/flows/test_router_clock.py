@@ -202,8 +202,9 @@ def test_a_timer_runs_in_a_tick_without_input() -> None:
 
 def test_fleet_stage_sends_its_watermark_after_the_recs() -> None:
     logic = FleetLogic(("0", "1"), False, FleetState())
-    win = pl.DataFrame({"device_id": ["gpu-1"], "device_type": ["gpu"], "window_end": [T0],
-                        "action": ["serve"], "expected_power_w": [700.0],
+    win = pl.DataFrame({"device_id": ["gpu-1"], "device_type": ["gpu"], "site": ["site-01"],
+                        "window_end": [T0], "action": ["serve"], "power_w": [690.0],
+                        "net_usd_hr": [1.5], "expected_power_w": [700.0],
                         "expected_net_usd_hr": [1.0], "power_cap_mw": [None]},
                        schema_overrides={"power_cap_mw": pl.Float64})
     out, _ = logic.on_batch([("win", "0", T0 - 60_000, win), ("wm", "0", T0)])
