@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen services system-deps \
+.PHONY: demo test test-fast test-fault lint bench bench-quick bench-frames bench-gen services \
+	system-deps \
 	dashboards clean
 
 $(STAMP): pyproject.toml
@@ -59,6 +60,9 @@ bench-quick: $(STAMP) services
 
 bench: $(STAMP) services
 	$(BIN)/hcp bench
+
+bench-frames: $(STAMP) services
+	$(BIN)/hcp bench --frames-only --out bench-results/frames.json
 
 bench-gen: $(STAMP)
 	$(BIN)/python -m tools.bench.generation --gpus 5000 --asics 300000 --duration 10
