@@ -33,6 +33,23 @@ DECODE_SECONDS = Histogram("hcp_decode_seconds", "Time to decode one fetched bat
 BATCH_SECONDS = Histogram("hcp_batch_seconds", "Time to fold one batch into window state", ["kind"])
 WINDOWS_CLOSED = Counter("hcp_windows_closed_total", "Device windows closed", ["device_type"])
 RECOMMENDATIONS = Counter("hcp_recommendations_total", "Recommendations per action", ["action"])
+STALE_PRICE_DECISIONS = Counter(
+    "hcp_stale_price_decisions_total",
+    "Decisions made under the stale-price fail-safe (a price feed older than allowed)",
+    ["device_type"],
+)
+COMMANDS = Counter(
+    "hcp_fleet_commands_total", "Commands sent to the fleet (changed actions)", ["action"]
+)
+FLAGGED_DEVICES = Gauge(
+    "hcp_noncompliant_devices",
+    "Devices out of step with their command for the flagging number of windows, per site",
+    ["site"],
+)
+SITE_POWER_KW = Gauge(
+    "hcp_site_power_kw", "A site's commanded and observed power in its latest window",
+    ["site", "kind"],
+)
 CONSUMER_LAG = Gauge(
     "hcp_consumer_lag", "Messages behind the partition end (librdkafka)", ["topic", "partition"]
 )
@@ -94,10 +111,13 @@ WINDOW_CLOSE_DELAY = Gauge(
 
 # Workload router gauges (issue 11 sets them; declared here so dashboards and alerts have
 # one definition to point at).
-GPUS_CORDONED = Gauge("hcp_gpus_cordoned", "GPUs cordoned after missed heartbeats", ["site"])
-WORKLOADS_QUEUED = Gauge("hcp_workloads_queued", "Workloads waiting in the queue")
+GPUS_CORDONED = Gauge(
+    "hcp_gpus_cordoned", "GPUs the router cordoned: they never started assigned work", ["site"]
+)
+WORKLOADS_QUEUED = Gauge("hcp_workloads_queued", "Workloads waiting in the router queue")
 WORKLOAD_OLDEST_QUEUED_AGE = Gauge(
-    "hcp_workload_oldest_queued_age_seconds", "Age of the oldest queued workload, seconds"
+    "hcp_workload_oldest_queued_age_seconds",
+    "Event-time age of the oldest queued workload, seconds (0 when none is queued)",
 )
 
 _PRICE_GAUGES = {

@@ -23,8 +23,9 @@ __all__ = ["RECOVERY_FORMAT", "check_recovery_dir", "describe_mismatch", "prepar
 log = logging.getLogger(__name__)
 
 # Bump when the pickled shard or fleet state changes shape or moves (2: the layout of issue 10
-# moved every state class to flows/profitability/ and flows/router/).
-RECOVERY_FORMAT = 2
+# moved every state class to flows/profitability/ and flows/router/; 3: the router's state
+# gained GPU health, per-workload avoided GPUs and pending reasons, issue 11).
+RECOVERY_FORMAT = 3
 MANIFEST = "hcp-recovery.json"
 INITIALISING = ".hcp-initialising"
 

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from generators.asic_fleet import CURTAILED, FAULT, MINING, AsicFleet
+from generators.control import ControlConfig, FleetControl
 from generators.encode import encode_frame, encode_records
 from generators.gpu_fleet import BUSY, DOWN, IDLE, GpuFleet, GpuParams
 from generators.keys import partitions_for, site_ids, site_of
@@ -56,6 +57,8 @@ class SimConfig:
     # Telemetry as one JSON message per sample ("json") or as Arrow frames per site, as a
     # site collector sends them ("frames", SPEC section 1b).
     encoding: str = "json"
+    # Fleets follow the job's commands on hcp.fleet.commands (generators/control.py).
+    control: ControlConfig | None = None
 
 
 @dataclass
@@ -126,6 +129,9 @@ class Simulation:
         self._bursts: list[Burst] = []
         self._site_mw = self._nameplate_mw()
         self.on_second: Callable[[Simulation, int], None] | None = None
+        self.control = (
+            FleetControl(c.control, c.seed, c.gpus, c.asics) if c.control is not None else None
+        )
 
     # -- scenario --------------------------------------------------------------------------
     def _build_schedule(self, scenario: Scenario | None) -> dict[int, list[tuple[str, Event]]]:
@@ -204,8 +210,13 @@ class Simulation:
             for phase, ev in self._schedule.get(s, ()):
                 self._apply(phase, ev)
             amb = self.ambient(t_ms)
+            if self.control is not None:
+                self.control.apply_due(self, t_ms)
             if c.gpus:
-                gpu_cols.append(self.gpu.step(t_ms, amb))
+                cols = self.gpu.step(t_ms, amb)
+                if self.control is not None:
+                    self.control.adjust_gpu(self, cols)
+                gpu_cols.append(cols)
             if c.asics:
                 asic_cols.append(self.asic.step(t_ms, amb))
             if c.market:

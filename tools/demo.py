@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 import redis
 
+from generators.control import ControlConfig
 from generators.run import generate
 from generators.scenario import load_scenario
 from generators.simulation import SimConfig
@@ -53,8 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser,
         "bootstrap", "redis", "pg", "redis_prefix", "topic_prefix",
         "scenario", "duration", "speed", "gpus", "asics", "sites", "workload_rate", "seed",
+        "ignore_share",
         defaults={"bootstrap": None, "scenario": "demo", "duration": 1200, "speed": 20.0,
-                  "gpus": 24, "workload_rate": 3.0},
+                  "gpus": 24, "workload_rate": 3.0, "ignore_share": 0.1},
         helps={"bootstrap": "unset = start the embedded broker"},
     )
     parser.set_defaults(func=run)
@@ -95,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
         scenario=load_scenario(args.scenario, start_ms, sites),
         workload_rate=args.workload_rate,
         closed_loop=True,
+        # The fleet follows the job's commands (a few rebels), so curtailing shows up as
+        # a drop in the site's observed power.
+        control=ControlConfig(ignore_share=args.ignore_share),
     )
     with _broker(args.bootstrap) as bootstrap:
         return _play(args, client, bootstrap, topics, config, sites)
@@ -143,6 +148,10 @@ def _play(
             "3",
             "--lateness-s",
             "2",
+            # The router decides about a window plus the job's wall-clock lag (times the
+            # speed-up) behind the simulator, so give GPUs that long to start work.
+            "--assign-timeout-s",
+            str(_assign_timeout_s(args.speed)),
             "--metrics-port",
             str(metrics_port),
         ],
@@ -185,6 +194,11 @@ def _play(
         flush=True,
     )
     return 0 if job.returncode == 0 else 1
+
+
+def _assign_timeout_s(speed: float) -> float:
+    """120 s of event time plus 10 wall seconds of job lag at ``speed``."""
+    return 120.0 + 10.0 * (speed if speed != float("inf") else 60.0)
 
 
 def _metrics_port(preferred: int = 9464) -> int:
@@ -244,9 +258,22 @@ def _view(client: redis.Redis, prefix: str, sites: list[str]) -> str:
         net = float(s.get("net_usd_hr", 0))
         lines.append(
             f"  {site}: electricity {elec or 0:6.1f} $/MWh{extra} | net {net:8.2f} $/h"
-            f" | {counts}"
+            f" | {counts}{_power(client, prefix, site)}"
         )
     return "\n".join(lines)
+
+
+def _power(client: redis.Redis, prefix: str, site: str) -> str:
+    """Commanded vs observed power of the site's latest judged window, and its rebels."""
+    c = client.hgetall(f"{prefix}compliance:site:{site}")
+    if not c:
+        return ""
+    flagged = int(float(c.get("flagged") or 0))
+    rebels = f", {flagged} not following" if flagged else ""
+    return (
+        f" | power {float(c.get('observed_kw') or 0):6.1f} kW"
+        f" (commanded {float(c.get('commanded_kw') or 0):6.1f}{rebels})"
+    )
 
 
 def _window_prices(

@@ -4,6 +4,11 @@ GPUs get a dense index the first time they report; arrays grow by doubling. Each
 holds the latest report by event time (an older report never overwrites a newer one).
 ``holder[g]`` is the workload the router gave GPU ``g`` to (assigned or running), the only
 source of truth for "who has this GPU" on the router side.
+
+Health (docs/workloads.md, "GPUs that never start work"): ``misses[g]`` counts the
+assignments in a row that GPU ``g`` never started; it gets no new work before
+``hold_until[g]`` (a back-off, or the cool-off of a cordon), and ``cordoned[g]`` is set
+from ``cordon_since[g]`` until it reports running work or the cool-off passes.
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ class GpuRoster:
         grow("last_ts", np.int64, -1)
         grow("power_down", np.bool_, False)
         grow("reserved", np.bool_, False)
+        grow("misses", np.int64, 0)
+        grow("hold_until", np.int64, 0)
+        grow("cordoned", np.bool_, False)
+        grow("cordon_since", np.int64, 0)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -165,6 +174,10 @@ class GpuRoster:
             & ~self.power_down[:n]
             & ~self.reserved[:n]
         )
+
+    def held_mask(self, now: int) -> np.ndarray:
+        """GPUs backing off or cordoned at event time ``now``: offered no new work."""
+        return self.hold_until[: len(self.ids)] > now
 
     def usable_mask(self) -> np.ndarray:
         """GPUs that could take work once emptied: known, not down, not powering down."""

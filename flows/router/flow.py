@@ -51,8 +51,9 @@ class RouterLogic(StatefulBatchLogic[tuple, tuple, bytes]):
 
     Items: ``("src", kind, input_id, rows, eof, idle)`` (a source fetch or heartbeat),
     ``("recs", df)`` (recommendations with ``window_end``) and ``("fleet_wm", wm)`` (the
-    fleet stage's closed-window boundary). Emits ``("workload_events", df)`` and
-    ``("assignments", [message, ...])``.
+    fleet stage's closed-window boundary). Emits ``("workload_events", df)``,
+    ``("assignments", [message, ...])`` and ``("gpu_health", df)`` (cordon changes,
+    ``hcp.schemas.GPU_HEALTH_SCHEMA``).
     """
 
     def __init__(self, clock: RouterClock) -> None:
@@ -90,6 +91,9 @@ class RouterLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             out.append((Out.WORKLOAD_EVENTS, events))
         if msgs:
             out.append((Out.ASSIGNMENTS, msgs))
+        health = self.clock.router.drain_health()
+        if health.height:
+            out.append((Out.GPU_HEALTH, health))
         return out
 
     def snapshot(self) -> bytes:
@@ -196,7 +200,8 @@ def build_router_flow(settings: Any, config: RouterConfig | None = None) -> Data
     batches = op.input("kafka", flow, source)
     if config is None:
         # Late means the same here as in the profitability flow: --lateness-s.
-        config = RouterConfig(lateness_ms=settings.lateness_ms)
+        config = RouterConfig(lateness_ms=settings.lateness_ms,
+                              assign_timeout_s=settings.assign_timeout_s)
     out = add_router_branch(batches, None, config, router_inputs(source))
     dlq = op.flat_map(
         "router_dlq", batches, lambda b: [(Out.DLQ, b.dlq)] if b.dlq.height else []
