@@ -7,6 +7,7 @@ Every part runs on the same topics in one run. Parts not wired yet (see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shlex
 import sys
@@ -223,7 +224,13 @@ def _bench(args: argparse.Namespace) -> int:
         if not args.frames_only:
             _json_part(bootstrap, topics, spec, run_id, args, results)
         if not args.skip_frames:
-            run_frames_part(bootstrap, args, results, FRAMES_QUICK if args.quick else FRAMES_FULL)
+            # The same fleet as the JSON part, over one full window (--quick: 20 s).
+            base = FRAMES_QUICK if args.quick else FRAMES_FULL
+            frames_spec = dataclasses.replace(
+                base, asics=spec.asics, gpus=spec.gpus, sites=spec.sites, seed=spec.seed,
+                partitions=spec.partitions,
+            )
+            run_frames_part(bootstrap, args, results, frames_spec)
 
     write_json(results, out)
     write_chart(results, chart)
