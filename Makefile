@@ -4,8 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen services system-deps \
-	dashboards bench-cluster clean
+.PHONY: demo test test-fast test-fault lint bench bench-quick bench-frames bench-gen services \
+	system-deps dashboards bench-cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,9 @@ bench: $(STAMP) services
 
 bench-cluster: $(STAMP) services
 	$(BIN)/python -m tools.bench.cluster
+
+bench-frames: $(STAMP) services
+	$(BIN)/hcp bench --frames-only --out bench-results/frames.json
 
 bench-gen: $(STAMP)
 	$(BIN)/python -m tools.bench.generation --gpus 5000 --asics 300000 --duration 10

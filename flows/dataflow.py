@@ -248,27 +248,29 @@ def build_flow(
     op.output("dlq_out", side, DlqSink(settings.bootstrap, topics.dlq))
     op.output("assignments_out", routed, AssignmentSink(settings.bootstrap, topics.assignments))
     op.output("commands_out", control, CommandSink(settings.bootstrap, topics.commands))
+    history: dict[str, Sink] = {}
+    addressed = []
     if not settings.no_redis:
         from sinks.redis.sink import RedisSink
 
-        op.output(
-            "redis_out",
-            to_redis,
-            RedisSink(
-                settings.redis,
-                prefix=settings.redis_prefix,
-                stream_maxlen=settings.stream_maxlen,
-                shutdown=shutdown,
-            ),
+        history["redis"] = RedisSink(
+            settings.redis,
+            prefix=settings.redis_prefix,
+            stream_maxlen=settings.stream_maxlen,
+            shutdown=shutdown,
         )
+        addressed.append(op.map("for_redis", to_redis, lambda item: ("redis", item)))
     if not settings.no_pg:
         from sinks.postgres.sink import PostgresSink
 
-        op.output(
-            "pg_out",
-            to_pg,
-            PostgresSink(settings.pg, store_raw=settings.store_raw, shutdown=shutdown),
-        )
+        history["pg"] = PostgresSink(settings.pg, store_raw=settings.store_raw, shutdown=shutdown)
+        addressed.append(op.map("for_pg", to_pg, lambda item: ("pg", item)))
+    if history:
+        from sinks.overlap import OverlappedSinks
+
+        # One step: where a worker holds both a window's Redis and PostgreSQL writes (one
+        # worker, or the fleet step's worker), they run at the same time.
+        op.output("history_out", op.merge("history", *addressed), OverlappedSinks(history))
     for i, sink in enumerate(extra_sinks):
         op.output(f"extra_out_{i}", everything, sink)
     return flow

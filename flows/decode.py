@@ -22,7 +22,13 @@ import polars as pl
 
 from hcp.schemas import SCHEMA_VERSION, SITE_SCOPED_KINDS, Field, polars_schema
 
-__all__ = ["MAX_VALUE_BYTES", "DecodeResult", "check_message", "decode_values"]
+__all__ = [
+    "MAX_VALUE_BYTES",
+    "DecodeResult",
+    "check_message",
+    "decode_values",
+    "row_reasons",
+]
 
 # Larger values are dead-lettered as `oversized`: a telemetry message is ~250 bytes.
 MAX_VALUE_BYTES = 64 * 1024
@@ -78,6 +84,15 @@ def _fast_path(values: list[bytes | None], fields: tuple[Field, ...]) -> DecodeR
         bad["_reason"].to_list(),
         good["_i"],
     )
+
+
+def row_reasons(df: pl.DataFrame, fields: tuple[Field, ...]) -> pl.Series:
+    """Each row's first failing check in contract order, null for a valid row.
+
+    The same expression judges JSON rows here and frame rows in :mod:`flows.frames`, so a
+    sample gets the same verdict whichever encoding carried it.
+    """
+    return df.select(_cached_reason_expr(fields).alias("_reason")).to_series()
 
 
 @functools.cache

@@ -21,8 +21,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from flows import metrics
 from flows.decode import decode_values
+from flows.frames import decode_messages
 from flows.metrics import MetricsEndpoint
 from hcp.errors import ConfigError
+from hcp.frames import is_frame
 from hcp.kafka_admin import partition_counts
 from hcp.schemas import ASIC_FIELDS, DLQ_SCHEMA, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, Field
 from hcp.shutdown import Shutdown
@@ -30,6 +32,12 @@ from hcp.shutdown import Shutdown
 __all__ = ["KafkaBatchSource", "SourceBatch"]
 
 log = logging.getLogger(__name__)
+
+# Gathered bytes that make a batch ready at once: ~4 frames, ~30k samples.
+READY_BYTES = 4 * 1024 * 1024
+
+# Topics that may carry Arrow frames (contract section 1b); others are JSON only.
+FRAME_KINDS = frozenset({"gpu", "asic"})
 
 KIND_FIELDS: dict[str, tuple[Field, ...]] = {
     "gpu": GPU_FIELDS,
@@ -246,26 +254,45 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
             values = [m.value() for m in msgs]
         if not msgs:
             return []
-        decoded = decode_values(values, self._fields)
-        dlq = None
-        events = len(msgs)
-        if decoded.bad_index:
-            dlq = self._dead_letters(msgs, values, decoded.bad_index, decoded.bad_reason)
-            # End-of-partition events carry a value (librdkafka's text), so they reach the
-            # decoder and fail there; they are not messages. Live, a caught-up partition
-            # has one between most fetches: counted, they inflated hcp_events_in_total.
-            events -= sum(1 for i in decoded.bad_index if msgs[i].error() is not None)
+        rows, dlq, samples = self._decode(msgs, values)
         self._offset = msgs[-1].offset() + 1
-        metrics.EVENTS_IN.labels(self._topic).inc(events)
+        metrics.EVENTS_IN.labels(self._topic).inc(samples)
         metrics.DECODE_SECONDS.labels(self._kind).observe(time.perf_counter() - started)
         finished = self._once and eof
         if finished:
             self._done = True
-        return [self._batch(decoded.rows, dlq, eof=finished)]
+        return [self._batch(rows, dlq, eof=finished)]
+
+    def _decode(self, msgs: list, values: list) -> tuple[pl.DataFrame, pl.DataFrame | None, int]:
+        """Rows, dead letters and the number of samples read (a frame holds many)."""
+        headers = [m.headers() for m in msgs] if self._kind in FRAME_KINDS else None
+        if headers is not None and any(headers):
+            flags = [is_frame(h) for h in headers]
+            if any(flags):
+                mixed = decode_messages(values, flags, self._fields)
+                dlq = None
+                samples = mixed.samples
+                if mixed.bad_msg:
+                    dlq = self._dead_letters(
+                        msgs, mixed.bad_value, mixed.bad_msg, mixed.bad_reason, mixed.bad_row
+                    )
+                    samples -= _events_among(msgs, mixed.bad_msg)
+                return mixed.rows, dlq, samples
+        decoded = decode_values(values, self._fields)
+        dlq = None
+        events = len(msgs)
+        if decoded.bad_index:
+            bad_values = [values[i] for i in decoded.bad_index]
+            dlq = self._dead_letters(msgs, bad_values, decoded.bad_index, decoded.bad_reason)
+            events -= _events_among(msgs, decoded.bad_index)
+        return decoded.rows, dlq, events
 
     def _ready(self, now: float, eof: bool) -> bool:
         """Whether the gathered messages go out now."""
         if len(self._pending) >= self._batch_size // 10 or (self._once and eof):
+            return True
+        # A few frames already hold tens of thousands of samples: go as soon as they are here.
+        if sum(map(len, self._pending)) >= READY_BYTES:
             return True
         return now - self._pending_since >= self._linger_s
 
@@ -282,11 +309,18 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         return kept
 
     def _dead_letters(
-        self, msgs: list, values: list, bad_index: list[int], bad_reason: list[str]
+        self,
+        msgs: list,
+        bad_values: list,
+        bad_index: list[int],
+        bad_reason: list[str],
+        bad_row: list[int | None] | None = None,
     ) -> pl.DataFrame | None:
+        """Dead letters for rejected messages (and frame rows: ``bad_row`` is their index)."""
         rows: dict[str, list] = {c: [] for c in DLQ_SCHEMA}
         reasons: list[str] = []
-        for i, reason in zip(bad_index, bad_reason, strict=True):
+        row_of = bad_row if bad_row is not None else [None] * len(bad_index)
+        for i, reason, value, row in zip(bad_index, bad_reason, bad_values, row_of, strict=True):
             err = msgs[i].error()
             if err is not None:
                 # An event, not a message: nothing to dead-letter. librdkafka retries
@@ -300,12 +334,14 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
             rows["offset"].append(msgs[i].offset())
             rows["reason"].append(reason)
             rows["key"].append(msgs[i].key())
-            rows["value"].append(values[i])
+            rows["value"].append(value)
+            rows["row"].append(row)
             reasons.append(reason)
         if not reasons:
             return None
         metrics.count_bad_input(self._topic, reasons)
-        return pl.DataFrame(rows, schema=DLQ_SCHEMA)
+        # In source order (offset, then frame row): the DLQ sink's replay mark relies on it.
+        return pl.DataFrame(rows, schema=DLQ_SCHEMA).sort("offset", "row", nulls_last=False)
 
     def _batch(
         self, rows: pl.DataFrame, dlq: pl.DataFrame | None, eof: bool = False
@@ -333,6 +369,13 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def _events_among(msgs: list, bad: list[int]) -> int:
+    """End-of-partition events among the rejected: they carry a value (librdkafka's text),
+    so they reach the decoder and fail there, but they are not messages. Live, a caught-up
+    partition has one between most fetches: counted, they inflated hcp_events_in_total."""
+    return sum(1 for i in set(bad) if msgs[i].error() is not None)
 
 
 def _schema(fields: tuple[Field, ...]) -> dict[str, object]:

@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_settings(
         parser,
         "seed", "gpus", "asics", "sites", "duration", "speed", "workload_rate", "scenario",
+        "encoding",
         helps={"seed": "with --start it also names the run's workload ids (wl-TAG-N)"},
     )
     sim = parser.add_argument_group("simulation")
@@ -141,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         workloads=not args.no_workloads,
         scenario=scenario,
         closed_loop=args.follow_assignments,
+        encoding=args.encoding,
         control=control,
     )
     interval = args.progress_interval

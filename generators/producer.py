@@ -70,8 +70,21 @@ class BulkProducer:
         if self.first_error is None:
             self.first_error = what
 
-    def send(self, topic: str, keys: list[bytes], values: list[str], partitions: list[int]) -> None:
-        """Queue every message; when the local queue is full, serve callbacks and retry."""
+    def send(
+        self,
+        topic: str,
+        keys: list[bytes],
+        values: list[str] | list[bytes],
+        partitions: list[int],
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queue every message; when the local queue is full, serve callbacks and retry.
+
+        ``headers``, when given, go on every message (telemetry frames' content type).
+        """
+        if headers is not None:
+            self._send_with_headers(topic, keys, values, partitions, headers)
+            return
         produce = self._producer.produce
         poll = self._producer.poll
         for value, key, part in zip(values, keys, partitions, strict=True):
@@ -87,6 +100,26 @@ class BulkProducer:
                         break
                     except BufferError:
                         continue
+
+    def _send_with_headers(
+        self,
+        topic: str,
+        keys: list[bytes],
+        values: list[str] | list[bytes],
+        partitions: list[int],
+        headers: list[tuple[str, bytes]],
+    ) -> None:
+        # Few, large messages (frames): keyword arguments cost nothing here.
+        for value, key, part in zip(values, keys, partitions, strict=True):
+            while True:
+                try:
+                    self._producer.produce(topic, value, key, partition=part, headers=headers)
+                    break
+                except KafkaException as exc:
+                    self._fail(f"{topic}[{part}]: {exc.args[0].str()}")
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
         # No poll(0) per batch: with the queue full of fresh messages it can take ~100 ms.
         # Failure reports are served while waiting on a full queue, by poll() and at close().
 

@@ -172,8 +172,8 @@ def generate(
         wait_until(first)
         for batch in sim.blocks(first, seconds):
             topic = names[batch.stream]
-            producer.send(topic, batch.keys, batch.values, batch.partitions)
-            summary.counts[topic] += len(batch.values)
+            producer.send(topic, batch.keys, batch.values, batch.partitions, batch.headers)
+            summary.counts[topic] += batch.sample_count
         now = time.monotonic()
         if now >= next_report:
             next_report = now + report_every

@@ -25,7 +25,8 @@ from generators.keys import partitions_for, site_ids, site_of
 from generators.market import Market
 from generators.scenario import Event, Scenario
 from generators.workloads import Burst, WorkloadSource, run_tag
-from hcp.schemas import PRICE_FIELDS, WORKLOAD_FIELDS, polars_schema
+from hcp.frames import FRAME_HEADERS, encode_frames, frame_schema
+from hcp.schemas import ASIC_FIELDS, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, polars_schema
 
 __all__ = ["STREAMS", "Batch", "SimConfig", "Simulation"]
 
@@ -34,6 +35,7 @@ _GPU_STATES = {"idle": IDLE, "busy": BUSY, "down": DOWN}
 _ASIC_STATES = {"mining": MINING, "curtailed": CURTAILED, "fault": FAULT}
 _PRICE_SCHEMA = {k: v for k, v in polars_schema(PRICE_FIELDS).items() if k != "v"}
 _WORKLOAD_SCHEMA = {k: v for k, v in polars_schema(WORKLOAD_FIELDS).items() if k != "v"}
+_FRAME_SCHEMAS = {"gpu": frame_schema(GPU_FIELDS), "asic": frame_schema(ASIC_FIELDS)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class SimConfig:
     scenario: Scenario | None = None
     # GPUs run only what the router assigns (hcp.workloads.assignments), no background jobs.
     closed_loop: bool = False
+    # Telemetry as one JSON message per sample ("json") or as Arrow frames per site, as a
+    # site collector sends them ("frames", SPEC section 1b).
+    encoding: str = "json"
     # Fleets follow the job's commands on hcp.fleet.commands (generators/control.py).
     control: ControlConfig | None = None
 
@@ -62,8 +67,14 @@ class Batch:
 
     stream: str
     keys: list[bytes]
-    values: list[str]
+    values: list[str] | list[bytes]
     partitions: list[int]
+    samples: int = -1  # samples carried; -1: one per message
+    headers: list[tuple[str, bytes]] | None = None  # the same for every message
+
+    @property
+    def sample_count(self) -> int:
+        return len(self.values) if self.samples < 0 else self.samples
 
 
 class Simulation:
@@ -105,6 +116,13 @@ class Simulation:
         self._asic_keys = [k.encode() for k in self.asic.ids]
         self._gpu_parts = partitions_for(self._gpu_keys, self.partitions["gpu"])
         self._asic_parts = partitions_for(self._asic_keys, self.partitions["asic"])
+        # Site frames go round robin over the partitions (site i to partition i mod P), not
+        # by crc32 of the key: with a handful of sites a hash leaves partitions, and so the
+        # job's shards, empty, and an empty shard's windows close only as prices arrive.
+        self._site_parts = {
+            stream: {site: i % self.partitions[stream] for i, site in enumerate(self.sites)}
+            for stream in ("gpu", "asic")
+        }
         self._gpu_static = self.gpu.static_frame(self.sites)
         self._asic_static = self.asic.static_frame(self.sites)
         self._schedule = self._build_schedule(c.scenario)
@@ -265,6 +283,12 @@ class Simulation:
             merged = {name: np.concatenate([g[name] for g in group]) for name in group[0]}
             tiled = static if k == 1 else pl.concat([static] * k)
             frame = fleet.frame(tiled, ts.ravel(), merged)
+            if self.config.encoding == "frames":
+                # Each collector sends every second as it ends: sites sharing a partition
+                # then interleave by the second (less than 1 s apart, within any lateness).
+                for j in range(k):
+                    yield from self._site_frames(stream, frame.slice(j * n, n))
+                continue
             if k > 1:
                 yield Batch(stream, keys * k, encode_frame(frame), parts * k)
                 continue
@@ -273,3 +297,20 @@ class Simulation:
                 part = frame.slice(lo, self.chunk_rows)
                 hi = lo + part.height
                 yield Batch(stream, keys[lo:hi], encode_frame(part), parts[lo:hi])
+
+    def _site_frames(self, stream: str, frame: pl.DataFrame) -> Iterator[Batch]:
+        """A block's samples as one site collector per site sends them: Arrow frames keyed
+        by the site, in time order, each under 1 MiB (SPEC section 1b)."""
+        schema = _FRAME_SCHEMAS[stream]
+        parts = self._site_parts[stream]
+        for (site,), rows in frame.partition_by("site", maintain_order=True, as_dict=True).items():
+            values = encode_frames(rows, schema)
+            key = str(site).encode()
+            yield Batch(
+                stream,
+                [key] * len(values),
+                values,
+                [parts[str(site)]] * len(values),
+                samples=rows.height,
+                headers=FRAME_HEADERS,
+            )

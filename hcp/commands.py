@@ -63,7 +63,14 @@ def produce_commands(producer: Producer, topic: str, msgs: Iterable[dict[str, An
     """Produce messages keyed by device id."""
     n = 0
     for msg in msgs:
-        producer.produce(topic, key=msg["device_id"].encode(), value=encode_command(msg))
+        key, value = msg["device_id"].encode(), encode_command(msg)
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                # A window of 310,000 devices fills the local queue: let it drain, retry.
+                producer.poll(0.05)
         n += 1
     producer.poll(0)
     return n

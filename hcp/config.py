@@ -14,6 +14,7 @@ from typing import Any
 from hcp.errors import ConfigError
 
 __all__ = [
+    "ENCODINGS",
     "env_arg",
     "env_flag",
     "non_negative_float",
@@ -21,6 +22,7 @@ __all__ = [
     "positive_int",
     "redis_url",
     "speed_value",
+    "telemetry_encoding",
 ]
 
 
@@ -125,6 +127,16 @@ def speed_value(text: str) -> float:
     return value
 
 
+# Telemetry encodings a producer may use (SPEC 1 and 1b).
+ENCODINGS = ("json", "frames")
+
+
+def telemetry_encoding(text: str) -> str:
+    """``json`` or ``frames``."""
+    if text not in ENCODINGS:
+        msg = f"must be one of {', '.join(ENCODINGS)}, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return text
 def redis_url(text: str) -> str:
     """Check a Redis URL's form (scheme, port, database number) without connecting.
 

@@ -191,6 +191,8 @@ DLQ_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.String(),
     "key": pl.Binary(),
     "value": pl.Binary(),
+    # Row index inside a telemetry frame (SPEC 1b); null for a whole message.
+    "row": pl.Int64(),
 }
 
 # Workload state transitions (SPEC section 3).

@@ -23,6 +23,7 @@ from hcp.config import (
     positive_int,
     redis_url,
     speed_value,
+    telemetry_encoding,
 )
 
 __all__ = ["SETTINGS", "Setting", "add_settings", "default"]
@@ -158,6 +159,10 @@ SETTINGS: dict[str, Setting] = {
                 "workload requests per simulated minute", non_negative_float, _SIM),
         Setting("scenario", "HCP_SCENARIO", None,
                 "scenario file (docs/generators.md), or the name of a bundled one", group=_SIM),
+        Setting("encoding", "HCP_ENCODING", "json",
+                "telemetry encoding: json = one message per sample keyed by device; frames = "
+                "Arrow IPC frames keyed by site, as site collectors send them (SPEC 1b, each "
+                "under 1 MiB)", telemetry_encoding, _SIM),
         Setting("quiet", "HCP_QUIET", False, "no progress lines on stderr", group=_RUN,
                 switch=True),
     )

@@ -6,9 +6,14 @@ was rejected travel in headers (``hcp.source.topic``, ``hcp.source.partition``,
 letters. Every delivery report is checked: a failed write raises, so the batch is retried
 from the last snapshot rather than lost.
 
+A bad row of a telemetry frame (SPEC 1b) is one dead letter of its own: its value is the
+row as JSON and header ``hcp.source.row`` its index in the frame, so one source offset can
+carry several dead letters.
+
 Replays do not duplicate dead letters: on start each sink partition reads the DLQ topic's
-headers once and skips any source offset at or below the highest one already written for
-that source partition (dead letters of one source partition are written in offset order).
+headers once and skips any source position (offset, then row; a whole message counts as
+row -1) at or below the highest one already written for that source partition (dead
+letters of one source partition are written in that order).
 """
 
 from __future__ import annotations
@@ -46,33 +51,43 @@ class _DlqPartition(StatelessSinkPartition[tuple]):
         frames = [df for tag, df in items if tag == Out.DLQ]
         if not frames:
             return
-        rows = pl.concat(frames)
+        rows = pl.concat(frames).with_columns(pl.col("row").fill_null(-1))
         if self._written:
             marks = pl.DataFrame(
                 {
                     "topic": [t for t, _ in self._written],
                     "partition": [p for _, p in self._written],
-                    "_mark": list(self._written.values()),
+                    "_mark": [o for o, _ in self._written.values()],
+                    "_mark_row": [r for _, r in self._written.values()],
                 },
-                schema={"topic": pl.String, "partition": pl.Int64, "_mark": pl.Int64},
+                schema={
+                    "topic": pl.String,
+                    "partition": pl.Int64,
+                    "_mark": pl.Int64,
+                    "_mark_row": pl.Int64,
+                },
             )
+            offset, mark = pl.col("offset"), pl.col("_mark")
             rows = (
                 rows.join(marks, on=["topic", "partition"], how="left", maintain_order="left")
-                .filter(pl.col("_mark").is_null() | (pl.col("offset") > pl.col("_mark")))
-                .drop("_mark")
+                .filter(
+                    mark.is_null()
+                    | (offset > mark)
+                    | ((offset == mark) & (pl.col("row") > pl.col("_mark_row")))
+                )
+                .drop("_mark", "_mark_row")
             )
-        for topic, part, offset, reason, key, value in rows.iter_rows():
+        for topic, part, offset, reason, key, value, row in rows.iter_rows():
+            headers = [
+                ("hcp.source.topic", topic.encode()),
+                ("hcp.source.partition", str(part).encode()),
+                ("hcp.source.offset", str(offset).encode()),
+                ("hcp.reason", reason.encode()),
+            ]
+            if row >= 0:
+                headers.append(("hcp.source.row", str(row).encode()))
             self._producer.produce(
-                self._topic,
-                value=value,
-                key=key,
-                headers=[
-                    ("hcp.source.topic", topic.encode()),
-                    ("hcp.source.partition", str(part).encode()),
-                    ("hcp.source.offset", str(offset).encode()),
-                    ("hcp.reason", reason.encode()),
-                ],
-                on_delivery=self._on_delivery,
+                self._topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
             )
         remaining = self._producer.flush(30)
         if remaining or self._errors:
@@ -80,16 +95,19 @@ class _DlqPartition(StatelessSinkPartition[tuple]):
             msg = f"{len(errors)} dead letters failed and {remaining} are undelivered: {errors[:3]}"
             raise RuntimeError(msg)
         metrics.DLQ_WRITTEN.inc(rows.height)
-        tops = rows.group_by("topic", "partition").agg(pl.col("offset").max())
+        tops = rows.group_by("topic", "partition").agg(
+            pl.struct("offset", "row").sort_by("offset", "row").last().alias("top")
+        )
         for topic, part, top in tops.iter_rows():
-            self._written[(topic, part)] = max(top, self._written.get((topic, part), -1))
+            mark = (top["offset"], top["row"])
+            self._written[(topic, part)] = max(mark, self._written.get((topic, part), (-1, -1)))
 
     def close(self) -> None:
         self._producer.flush(30)
 
 
-def _high_marks(bootstrap: str, topic: str) -> dict[tuple[str, int], int]:
-    """Highest source offset already dead-lettered, per source topic and partition."""
+def _high_marks(bootstrap: str, topic: str) -> dict[tuple[str, int], tuple[int, int]]:
+    """Highest source (offset, row) already dead-lettered, per source topic and partition."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -100,7 +118,7 @@ def _high_marks(bootstrap: str, topic: str) -> dict[tuple[str, int], int]:
             "fetch.wait.max.ms": 5,
         }
     )
-    marks: dict[tuple[str, int], int] = {}
+    marks: dict[tuple[str, int], tuple[int, int]] = {}
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -117,7 +135,8 @@ def _high_marks(bootstrap: str, topic: str) -> dict[tuple[str, int], int]:
                     continue
                 h = dict(m.headers() or [])
                 key = (h["hcp.source.topic"].decode(), int(h["hcp.source.partition"]))
-                marks[key] = max(marks.get(key, -1), int(h["hcp.source.offset"]))
+                pos = (int(h["hcp.source.offset"]), int(h.get("hcp.source.row", b"-1")))
+                marks[key] = max(marks.get(key, (-1, -1)), pos)
     finally:
         consumer.close()
     return marks

@@ -150,6 +150,7 @@ def test_plain_path_creates_every_table_view_and_brin_index(fresh_dsn: str) -> N
     assert versions == [
         (1, "tables", "common"),
         (2, "time_layout", "postgres"),
+        (3, "write_marks", "common"),
         (4, "control_loop", "postgres"),
     ]
     assert ext is None  # the Timescale branch was skipped, not half-run

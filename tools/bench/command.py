@@ -7,6 +7,7 @@ Every part runs on the same topics in one run. Parts not wired yet (see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shlex
 import sys
@@ -21,6 +22,9 @@ from hcp.settings import add_settings
 from hcp.topics import Topics
 from tools.bench import hooks
 from tools.bench.fill import FillSpec, fill_topics, planned_events
+from tools.bench.frames import FULL as FRAMES_FULL
+from tools.bench.frames import QUICK as FRAMES_QUICK
+from tools.bench.frames import run_frames_part
 from tools.bench.latency import measure_latency
 from tools.bench.limit import DECODERS, measure_limit
 from tools.bench.progress import Progress
@@ -140,7 +144,54 @@ def _command_line() -> str:
     return ""
 
 
+def _json_part(
+    bootstrap: str, topics: Topics, spec: FillSpec, run_id: str, args: argparse.Namespace,
+    results: BenchResults,
+) -> None:
+    """Fill JSON topics, then the limit, HCP, the baseline and the JSON latency."""
+    progress = Progress("fill", total=planned_events(spec), enabled=not args.quiet)
+    filled = fill_topics(bootstrap, topics, spec,
+                         progress=lambda count: progress.update(count=count))
+    progress.close()
+    results.events = filled.events
+    results.per_topic = filled.per_topic
+    results.fill_seconds = round(filled.seconds, 3)
+    print(f"filled {filled.events:,} events ({filled.simulated_s} simulated s) under "
+          f"{topics.prefix} in {filled.seconds:.1f} s", file=sys.stderr)
+
+    runs = []
+    for i in range(args.limit_runs):
+        label = "limit" if args.limit_runs == 1 else f"limit {i + 1}/{args.limit_runs}"
+        progress = Progress(label, total=filled.events, enabled=not args.quiet)
+        runs.append(measure_limit(bootstrap, topics.inputs(), decoder=args.decoder,
+                                  progress=progress.update))
+        progress.close()
+    limit = max(runs, key=lambda r: r.events_per_s)
+    results.limit_runs_events_per_s = [round(r.events_per_s, 1) for r in runs]
+    if limit.events != filled.events:
+        results.notes.append(f"limit read {limit.events} of {filled.events} events")
+    results.limit_events_per_s = round(limit.events_per_s, 1)
+    results.limit_seconds = round(limit.seconds, 3)
+    results.limit_decoder = limit.decoder
+
+    ctx = hooks.BenchContext(
+        bootstrap=bootstrap,
+        topics=topics,
+        events=filled.events,
+        redis_url=args.redis,
+        redis_prefix=f"bench-{run_id}:",
+        pg_dsn=args.pg,
+        args=args,
+    )
+    _run_jobs(ctx, results, args)
+    if not args.skip_latency:
+        _run_latency(bootstrap, args, results)
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.frames_only and args.skip_frames:
+        msg = "--frames-only and --skip-frames leave nothing to measure"
+        raise ConfigError(msg)
     if args.decoder == "orjson":
         try:
             import orjson  # noqa: F401
@@ -170,43 +221,16 @@ def _bench(args: argparse.Namespace) -> int:
             bootstrap = args.bootstrap
             check_broker(bootstrap)
 
-        progress = Progress("fill", total=planned_events(spec), enabled=not args.quiet)
-        filled = fill_topics(bootstrap, topics, spec,
-                             progress=lambda count: progress.update(count=count))
-        progress.close()
-        results.events = filled.events
-        results.per_topic = filled.per_topic
-        results.fill_seconds = round(filled.seconds, 3)
-        print(f"filled {filled.events:,} events ({filled.simulated_s} simulated s) under "
-              f"{topics.prefix} in {filled.seconds:.1f} s", file=sys.stderr)
-
-        runs = []
-        for i in range(args.limit_runs):
-            label = "limit" if args.limit_runs == 1 else f"limit {i + 1}/{args.limit_runs}"
-            progress = Progress(label, total=filled.events, enabled=not args.quiet)
-            runs.append(measure_limit(bootstrap, topics.inputs(), decoder=args.decoder,
-                                      progress=progress.update))
-            progress.close()
-        limit = max(runs, key=lambda r: r.events_per_s)
-        results.limit_runs_events_per_s = [round(r.events_per_s, 1) for r in runs]
-        if limit.events != filled.events:
-            results.notes.append(f"limit read {limit.events} of {filled.events} events")
-        results.limit_events_per_s = round(limit.events_per_s, 1)
-        results.limit_seconds = round(limit.seconds, 3)
-        results.limit_decoder = limit.decoder
-
-        ctx = hooks.BenchContext(
-            bootstrap=bootstrap,
-            topics=topics,
-            events=filled.events,
-            redis_url=args.redis,
-            redis_prefix=f"bench-{run_id}:",
-            pg_dsn=args.pg,
-            args=args,
-        )
-        _run_jobs(ctx, results, args)
-        if not args.skip_latency:
-            _run_latency(bootstrap, args, results)
+        if not args.frames_only:
+            _json_part(bootstrap, topics, spec, run_id, args, results)
+        if not args.skip_frames:
+            # The same fleet as the JSON part, over one full window (--quick: 20 s).
+            base = FRAMES_QUICK if args.quick else FRAMES_FULL
+            frames_spec = dataclasses.replace(
+                base, asics=spec.asics, gpus=spec.gpus, sites=spec.sites, seed=spec.seed,
+                partitions=spec.partitions,
+            )
+            run_frames_part(bootstrap, args, results, frames_spec)
 
     write_json(results, out)
     write_chart(results, chart)
@@ -214,6 +238,10 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"results: {out}  chart: {chart}")
     if results.same_recommendations is False:
         print("HCP and the baseline made different recommendations", file=sys.stderr)
+        return 1
+    if results.same_recommendations_frames is False:
+        print("HCP over frames and over the same JSON made different recommendations",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -267,5 +295,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="'embedded' starts a Tansu broker for the run; 'external' uses --bootstrap")
     env_flag(p, "--skip-baseline", env="HCP_BENCH_SKIP_BASELINE", help="do not run the baseline")
     env_flag(p, "--skip-latency", env="HCP_BENCH_SKIP_LATENCY", help="do not measure latency")
+    env_flag(p, "--skip-frames", env="HCP_BENCH_SKIP_FRAMES",
+             help="do not run the frames part (telemetry as site-collector Arrow frames)")
+    env_flag(p, "--frames-only", env="HCP_BENCH_FRAMES_ONLY",
+             help="run only the frames part (no JSON limit, HCP, baseline or JSON latency)")
+    env_flag(p, "--skip-frames-json", env="HCP_BENCH_SKIP_FRAMES_JSON",
+             help="frames part: do not run the same samples as JSON through HCP (no "
+             "same_recommendations_frames)")
     add_settings(p, "quiet", "bootstrap", "redis", "pg")
     p.set_defaults(func=_bench)

@@ -150,6 +150,8 @@ def read_pg_recommendations(dsn: str) -> pl.DataFrame:
 
 def _job_seconds(stderr: str) -> float | None:
     match = re.search(r"job finished in ([0-9.]+) s", stderr)
+    if match is None:  # the --once summary line: "once: ...; 17.4 s"
+        match = re.search(r"^once: .*; ([0-9.]+) s\s*$", stderr, re.MULTILINE)
     return float(match.group(1)) if match else None
 
 

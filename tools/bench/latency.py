@@ -330,6 +330,8 @@ def measure_latency(
     sites: int = 8,
     drain_s: float = 30.0,
     log_to: TextIO | None = None,
+    encoding: str = "json",
+    devices: tuple[int, int] | None = None,
 ) -> RateLatency:
     """Latency from window end to readable recommendation at a fixed real-time rate.
 
@@ -337,6 +339,8 @@ def measure_latency(
     Redis prefix and a fresh database; then the generator at speed 1 in another process
     for ``windows + 1`` windows (the first is warm-up, dropped) plus the lateness and a few
     seconds, timing each recommendation's appearance in ``{prefix}recommendations``.
+    ``encoding`` is the generator's (``frames``: site collectors' Arrow frames, SPEC 1b);
+    ``devices`` = (asics, gpus) overrides the fleet derived from ``events_per_s``.
     """
     from sinks.redis.layout import RedisKeys
     from tools.bench.hooks import delete_redis_prefix, fresh_database
@@ -344,7 +348,7 @@ def measure_latency(
     run_id = uuid.uuid4().hex[:8]
     prefix = f"lat-{run_id}."
     redis_prefix = f"lat-{run_id}:"
-    asics, gpus = devices_for_rate(events_per_s)
+    asics, gpus = devices or devices_for_rate(events_per_s)
     window_ms = round(window_s * 1000)
     sim0_ms = 1_767_225_600_000  # the generator's default start, a window boundary
     seconds = math.ceil((windows + 1) * window_s + lateness_s + 3)
@@ -367,7 +371,7 @@ def measure_latency(
             gen_cmd = [
                 sys.executable, "-m", "tools.bench.latency", "--bootstrap", bootstrap,
                 "--topic-prefix", prefix, "--asics", str(asics), "--gpus", str(gpus),
-                "--sites", str(sites), "--seconds", str(seconds),
+                "--sites", str(sites), "--seconds", str(seconds), "--encoding", encoding,
             ]
             gen = subprocess.run(gen_cmd, capture_output=True, text=True, check=False)
             if gen.returncode != 0:
@@ -447,6 +451,7 @@ def _generator_main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", type=int, required=True)
     p.add_argument("--sites", type=int, default=8)
     p.add_argument("--seconds", type=int, required=True)
+    p.add_argument("--encoding", default="json", choices=("json", "frames"))
     args = p.parse_args(argv)
     anchors: list[float] = []
 
@@ -454,7 +459,7 @@ def _generator_main(argv: list[str] | None = None) -> int:
         anchors.append(time.time() - second)
 
     config = SimConfig(seed=42, gpus=args.gpus, asics=args.asics, sites=args.sites,
-                       duration_s=args.seconds, workloads=False)
+                       duration_s=args.seconds, workloads=False, encoding=args.encoding)
     summary = generate(config, args.bootstrap, Topics(args.topic_prefix), speed=1.0,
                        on_second=hook)
     print(json.dumps({"anchor": min(anchors), "wall_s": summary.wall_s,

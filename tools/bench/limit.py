@@ -57,7 +57,7 @@ _SCHEMAS = {
     Topics("").prices: polars_schema(PRICE_FIELDS),
     Topics("").workloads: polars_schema(WORKLOAD_FIELDS),
 }
-DECODERS = ("auto", "polars", "orjson", "json")
+DECODERS = ("auto", "polars", "orjson", "json", "frames")
 
 
 @dataclass
@@ -83,16 +83,45 @@ def _schema_for(topic: str) -> dict | None:
     return None
 
 
-def _polars_decoder() -> Callable[[str, list[bytes]], int]:
-    def decode(topic: str, values: list[bytes]) -> int:
+# A decoder takes one topic's values and returns (bad values, events read).
+Decoder = Callable[[str, list[bytes]], tuple[int, int]]
+
+
+def _polars_decoder() -> Decoder:
+    def decode(topic: str, values: list[bytes]) -> tuple[int, int]:
         schema = _schema_for(topic)
         try:
             frame = pl.read_ndjson(io.BytesIO(b"\n".join(values)), schema=schema)
         except Exception:
-            return _per_value(json.loads, values)
+            return _per_value(json.loads, values), len(values)
         if frame.height != len(values):  # an empty value makes no row
-            return _per_value(json.loads, values)
-        return 0
+            return _per_value(json.loads, values), len(values)
+        return 0, len(values)
+
+    return decode
+
+
+def _frames_decoder() -> Decoder:
+    """Telemetry frames (SPEC 1b): each Arrow IPC stream read into one polars frame with no
+    checks, as the JSON decoders only parse; JSON values (prices) go through polars."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    json_decode = _polars_decoder()
+
+    def decode(topic: str, values: list[bytes]) -> tuple[int, int]:
+        # An Arrow IPC stream starts with the continuation marker; JSON with "{".
+        if not values or not values[0].startswith(b"\xff\xff\xff\xff"):
+            return json_decode(topic, values)
+        samples = bad = 0
+        for v in values:
+            try:
+                table = ipc.open_stream(pa.py_buffer(v)).read_all()
+            except pa.ArrowInvalid:
+                bad += 1
+                continue
+            samples += pl.from_arrow(table, rechunk=False).height  # type: ignore[union-attr]
+        return bad, samples
 
     return decode
 
@@ -107,7 +136,7 @@ def _per_value(loads: Callable[[bytes], object], values: list[bytes]) -> int:
     return bad
 
 
-def _dict_decoder(name: str) -> Callable[[str, list[bytes]], int]:
+def _dict_decoder(name: str) -> Decoder:
     if name == "orjson":
         try:
             import orjson
@@ -118,13 +147,13 @@ def _dict_decoder(name: str) -> Callable[[str, list[bytes]], int]:
     else:
         loads = json.loads
 
-    def decode(_topic: str, values: list[bytes]) -> int:
+    def decode(_topic: str, values: list[bytes]) -> tuple[int, int]:
         try:
             for v in values:
                 loads(v)
         except ValueError:
-            return _per_value(loads, values)
-        return 0
+            return _per_value(loads, values), len(values)
+        return 0, len(values)
 
     return decode
 
@@ -148,7 +177,10 @@ def measure_limit(
         msg = f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}"
         raise ConfigError(msg)
     name = "polars" if decoder == "auto" else decoder
-    decode = _polars_decoder() if name == "polars" else _dict_decoder(name)
+    if name == "frames":
+        decode = _frames_decoder()
+    else:
+        decode = _polars_decoder() if name == "polars" else _dict_decoder(name)
     counts = partition_counts(bootstrap, list(topics))
     missing = [t for t in topics if t not in counts]
     if missing:
@@ -206,9 +238,10 @@ def measure_limit(
                     for t in set(names)
                 }
             for topic, values in by_topic.items():
-                result.bad += decode(topic, values)
-                result.per_topic[topic] += len(values)
-                result.events += len(values)
+                bad, events = decode(topic, values)
+                result.bad += bad
+                result.per_topic[topic] += events
+                result.events += events
                 result.value_bytes += sum(map(len, values))
             if progress:
                 progress(len(ok))

@@ -4,7 +4,8 @@ Run: ``.venv/bin/python -m tools.bench.pg_sink [--rows 300000] [--batch 50000] [
 It creates a throwaway database next to ``--admin-dsn``, applies the migrations, writes
 synthetic rows through :class:`~sinks.postgres.writer.PgWriter` in batches (one transaction
 each, exactly as the job does), writes the same rows again (a replay: every row hits
-ON CONFLICT and is skipped as unchanged), and drops the database.
+ON CONFLICT and is skipped as unchanged), and drops the database. New windows take the
+writer's fast path (a plain COPY into the table) unless ``--upsert-only``.
 """
 
 from __future__ import annotations
@@ -91,8 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--batch", type=int, default=50_000)
     parser.add_argument("--format", choices=("csv", "binary"), default="csv")
+    parser.add_argument("--upsert-only", action="store_true",
+                        help="no fast path: new windows go through the staging upsert too")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs, each on a fresh database (a loaded machine is noisy)")
     args = parser.parse_args(argv)
+    for _ in range(args.repeat):
+        _run_once(args)
+    return 0
 
+
+def _run_once(args: argparse.Namespace) -> None:
     name = f"hcp_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(args.admin_dsn, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -101,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         path = apply_migrations(dsn)
         asics, windows = asic_rows(args.rows), window_rows(args.rows)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            writer = PgWriter(conn, copy_format=args.format)
+            writer = PgWriter(conn, copy_format=args.format, fast_path=not args.upsert_only)
             results = [
                 ("asic_metrics (raw)", "asic_metrics", asics),
                 ("device_windows", "device_windows", windows),
             ]
-            print(f"path={path} rows={args.rows} batch={args.batch} format={args.format}")
+            print(f"path={path} rows={args.rows} batch={args.batch} format={args.format} "
+                  f"fast_path={not args.upsert_only}")
             for label, table, frame in results:
                 first = measure(writer, table, frame, args.batch)
                 again = measure(writer, table, frame, args.batch)
@@ -118,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         with psycopg.connect(args.admin_dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    return 0
 
 
 if __name__ == "__main__":

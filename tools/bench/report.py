@@ -41,6 +41,12 @@ RESULT_KEYS = (
     "latency_p50_s",
     "latency_p99_s",
     "same_recommendations",
+    "frames_samples",
+    "frames_limit_samples_per_s",
+    "hcp_frames_samples_per_s",
+    "same_recommendations_frames",
+    "latency_frames_p99_s",
+    "hcp_frames_peak_rss_mb",
 )
 
 
@@ -78,6 +84,19 @@ class BenchResults:
     command: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Telemetry frames (SPEC 1b, tools/bench/frames.py): one window of site-collector
+    # frames, read by the limit and by HCP; the same samples as JSON through HCP.
+    frames_samples: int | None = None
+    frames_limit_samples_per_s: float | None = None
+    hcp_frames_samples_per_s: float | None = None
+    same_recommendations_frames: bool | None = None
+    latency_frames_p99_s: float | None = None
+    hcp_frames_peak_rss_mb: float | None = None
+    frames: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hcp_frames_over_limit(self) -> float | None:
+        return _ratio(self.hcp_frames_samples_per_s, self.frames_limit_samples_per_s)
 
     @property
     def hcp_over_limit(self) -> float | None:
@@ -91,6 +110,7 @@ class BenchResults:
         data = asdict(self)
         data["hcp_over_limit"] = self.hcp_over_limit
         data["hcp_over_baseline"] = self.hcp_over_baseline
+        data["hcp_frames_over_limit"] = self.hcp_frames_over_limit
         return data
 
 
@@ -182,6 +202,19 @@ def format_table(results: BenchResults) -> str:
             f"windows; generator kept up: {lat['generator_kept_up']}, "
             f"job kept up: {lat.get('job_kept_up')}",
         ))
+    if results.frames_samples is not None:
+        ratio = results.hcp_frames_over_limit
+        rows += [
+            ("frames samples", f"{results.frames_samples:,}"),
+            ("frames limit samples/s", _fmt_rate(results.frames_limit_samples_per_s)),
+            ("HCP frames samples/s", _fmt_rate(results.hcp_frames_samples_per_s)),
+            ("HCP frames / limit", "n/a" if ratio is None else f"{ratio:.2f}"),
+            ("HCP frames peak RSS MB", "n/a" if results.hcp_frames_peak_rss_mb is None
+             else f"{results.hcp_frames_peak_rss_mb:,.0f}"),
+            ("same recommendations frames", str(results.same_recommendations_frames)),
+            ("latency frames p99 s", "n/a" if results.latency_frames_p99_s is None
+             else f"{results.latency_frames_p99_s:.3f}"),
+        ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

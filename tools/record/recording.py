@@ -50,7 +50,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT = "hcp-recording"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 recordings (no headers column) still replay: their messages had no headers.
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 
 # Column order and types of every recording file.
@@ -60,6 +62,8 @@ RECORD_SCHEMA: dict[str, pl.DataType] = {
     "timestamp_ms": pl.Int64(),
     "key": pl.Binary(),
     "value": pl.Binary(),
+    # Message headers in order, null when there were none (e.g. a frame's content-type).
+    "headers": pl.List(pl.Struct({"name": pl.String(), "value": pl.Binary()})),
 }
 
 # Rows buffered before they become one Parquet row group; bounds memory while recording.
@@ -116,6 +120,13 @@ def _flush_chunk(writer: pq.ParquetWriter, cols: dict[str, list]) -> None:
         values.clear()
 
 
+def _headers(raw: list[list[tuple[str, bytes]] | None]) -> list[list[dict] | None]:
+    """Headers as the recording's column wants them; only messages that have some cost."""
+    if not any(raw):
+        return raw  # type: ignore[return-value]  # all None
+    return [[{"name": k, "value": v} for k, v in h] if h else None for h in raw]
+
+
 def _record_topic(
     bootstrap: str,
     topic: str,
@@ -125,7 +136,7 @@ def _record_topic(
     timeout_s: float,
 ) -> RecordedTopic:
     cols: dict[str, list] = {name: [] for name in RECORD_SCHEMA}
-    parts, offs, stamps, keys, values = (cols[name] for name in RECORD_SCHEMA)
+    parts, offs, stamps, keys, values, heads = (cols[name] for name in RECORD_SCHEMA)
     per_partition = dict.fromkeys(range(partitions), 0)
     pending = set(per_partition)
     first_ts: int | None = None
@@ -153,6 +164,7 @@ def _record_topic(
             stamps.extend([m.timestamp()[1] for m in msgs])
             keys.extend([m.key() for m in msgs])
             values.extend([m.value() for m in msgs])
+            heads.extend(_headers([m.headers() for m in msgs]))
             if progress and msgs:
                 progress(len(msgs))
             n = len(parts)
@@ -278,9 +290,9 @@ def read_manifest(in_dir: Path) -> tuple[str, list[RecordedTopic]]:
     if (
         not isinstance(data, dict)
         or data.get("format") != FORMAT
-        or data.get("version") != FORMAT_VERSION
+        or data.get("version") not in READABLE_VERSIONS
     ):
-        msg = f"{path} is not an {FORMAT} v{FORMAT_VERSION} manifest"
+        msg = f"{path} is not an {FORMAT} v1 or v{FORMAT_VERSION} manifest"
         raise ConfigError(msg)
     topics = [
         RecordedTopic(
@@ -328,7 +340,8 @@ def check_files(in_dir: Path, chosen: Sequence[RecordedTopic]) -> None:
         except (OSError, pa.ArrowException) as exc:
             msg = f"{path} is not a readable Parquet file: {exc}"
             raise ConfigError(msg) from None
-        absent = [c for c in RECORD_SCHEMA if c not in schema.names]
+        # `headers` came with format version 2; a version 1 file replays without them.
+        absent = [c for c in RECORD_SCHEMA if c not in schema.names and c != "headers"]
         if absent:
             msg = f"{path} lacks the recording columns {', '.join(absent)}"
             raise ConfigError(msg)
@@ -341,7 +354,7 @@ def _load(in_dir: Path, chosen: list[RecordedTopic]) -> pl.DataFrame:
     so sorting by it never reorders a partition even if producer timestamps went backwards.
     """
     frames = [
-        pl.scan_parquet(in_dir / r.file).with_columns(pl.lit(i, pl.Int32).alias("t"))
+        _scan(in_dir / r.file).with_columns(pl.lit(i, pl.Int32).alias("t"))
         for i, r in enumerate(chosen)
     ]
     if not frames:
@@ -352,6 +365,14 @@ def _load(in_dir: Path, chosen: list[RecordedTopic]) -> pl.DataFrame:
         .sort(["pace_ms", "t", "partition", "offset"])
         .collect()
     )
+
+
+def _scan(path: Path) -> pl.LazyFrame:
+    """One recorded topic in the current column layout (a v1 file gets null headers)."""
+    scan = pl.scan_parquet(path)
+    if "headers" not in scan.collect_schema():
+        scan = scan.with_columns(pl.lit(None, RECORD_SCHEMA["headers"]).alias("headers"))
+    return scan
 
 
 def create_topics(bootstrap: str, wanted: dict[str, int], timeout_s: float = 15.0) -> None:
@@ -404,11 +425,16 @@ class CheckedProducer:
         key: bytes | str | None,
         partition: int,
         timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Queue one message, waiting for room when the local queue is full."""
         while True:
             try:
-                if timestamp_ms is None:
+                if headers is not None:
+                    self._producer.produce(
+                        topic, value, key, partition, headers=headers, timestamp=timestamp_ms or 0
+                    )
+                elif timestamp_ms is None:
                     self._producer.produce(topic, value, key, partition)
                 else:
                     self._producer.produce(topic, value, key, partition, timestamp=timestamp_ms)
@@ -484,16 +510,22 @@ def replay(
     start = time.monotonic()
     last_pace = base_ms
     for chunk in data.iter_slices(50_000):
-        cols = [chunk[c].to_list() for c in ("t", "partition", "key", "value", "timestamp_ms",
-                                             "pace_ms")]
-        for t, part, key, value, ts, pace in zip(*cols, strict=True):
+        cols = [
+            chunk[c].to_list()
+            for c in ("t", "partition", "key", "value", "timestamp_ms", "pace_ms", "headers")
+        ]
+        for t, part, key, value, ts, pace, heads in zip(*cols, strict=True):
             if paced and pace != last_pace:
                 last_pace = pace
                 wait = start + (pace - base_ms) / 1000.0 / speed - time.monotonic()
                 if wait > 0:
                     producer.poll()
                     time.sleep(wait)
-            produce(names[t], value, key, part, ts if keep_timestamps else None)
+            stamp = ts if keep_timestamps else None
+            if heads is None:
+                produce(names[t], value, key, part, stamp)
+            else:
+                produce(names[t], value, key, part, stamp, [(h["name"], h["value"]) for h in heads])
         producer.poll()
         if progress:
             progress(chunk.height)
