@@ -9,7 +9,11 @@ import time
 from typing import Any
 
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.auth import KeyCache
 from api.metrics import ApiMetrics
@@ -38,16 +42,22 @@ class Services:
         self.settings = settings
         self.keys_layout = RedisKeys(settings.redis_prefix)
         t = settings.dependency_timeout_s
+        # One quick retry: after an outage every pooled connection is dead, and the first
+        # command on each should reconnect rather than answer 503 once Redis is back.
+        retry = {
+            "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        }
         self.redis = aredis.Redis.from_url(
             settings.redis,
             socket_timeout=t,
             socket_connect_timeout=t,
             max_connections=256,
-            health_check_interval=10,
+            **retry,
         )
         # SSE readers block in XREAD: their own pool, so they never starve point reads.
         self.redis_streams = aredis.Redis.from_url(
-            settings.redis, socket_connect_timeout=t, socket_timeout=t + 5
+            settings.redis, socket_connect_timeout=t, socket_timeout=t + 5, **retry
         )
         self.pg = PgPool(settings.pg, size=settings.pg_pool, timeout_s=t)
         self.keys = KeyCache(self.pg, settings.key_cache_s)

@@ -14,7 +14,9 @@ from api.models import Problem as ProblemModel
 from api.problems import PROBLEM_TYPE, ProblemError
 
 __all__ = [
+    "CONFLICT",
     "ERRORS",
+    "NOT_FOUND",
     "csv_set",
     "decode_cursor",
     "encode_cursor",
@@ -34,6 +36,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: _problem("invalid parameters or body; `errors` lists every bad field"),
     503: _problem("a dependency (Redis, PostgreSQL, broker) is unreachable"),
 }
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _problem("no such id")}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: _problem("conflicts with the current state")}
 
 
 def json_bytes(body: bytes, status: int = 200) -> Response:

@@ -26,6 +26,7 @@ from api.problems import ProblemError
 from api.read_model import Rec, parse_rec
 from api.routes.common import (
     ERRORS,
+    NOT_FOUND,
     csv_set,
     decode_cursor,
     encode_cursor,
@@ -204,7 +205,7 @@ _HISTORY_COLS = (
 )
 
 
-@router.get("/profitability/{device_id}", response_model=Profitability)
+@router.get("/profitability/{device_id}", response_model=Profitability, responses=NOT_FOUND)
 async def profitability(
     request: Request,
     device_id: Annotated[str, DEVICE_ID],

@@ -29,7 +29,9 @@ from api.models import (
 from api.problems import ProblemError
 from api.read_model import parse_workload
 from api.routes.common import (
+    CONFLICT,
     ERRORS,
+    NOT_FOUND,
     csv_set,
     decode_cursor,
     encode_cursor,
@@ -61,7 +63,8 @@ def _services(request: Request) -> Services:
 # --- workloads -------------------------------------------------------------------------------
 
 
-@router.post("/workloads", status_code=202, response_model=WorkloadAccepted)
+@router.post("/workloads", status_code=202, response_model=WorkloadAccepted,
+             responses=CONFLICT)
 async def submit_workload(
     request: Request,
     body: WorkloadRequest,
@@ -223,7 +226,7 @@ async def _find(
     return (parse_workload(raw) if raw else None), owner, req
 
 
-@router.get("/workloads/{workload_id}", response_model=WorkloadDetail)
+@router.get("/workloads/{workload_id}", response_model=WorkloadDetail, responses=NOT_FOUND)
 async def get_workload(
     request: Request,
     workload_id: Annotated[str, WORKLOAD_ID],
@@ -255,8 +258,7 @@ async def get_workload(
 
 
 @router.delete("/workloads/{workload_id}", status_code=202, response_model=CancelAccepted,
-               responses={404: ERRORS[401] | {"description": "no such workload"},
-                          409: ERRORS[401] | {"description": "already terminal"}})
+               responses=NOT_FOUND | CONFLICT)
 async def cancel_workload(
     request: Request,
     workload_id: Annotated[str, WORKLOAD_ID],
@@ -300,8 +302,7 @@ async def list_resources(
     return json_bytes(body + orjson.dumps(encode_cursor(last)) + b"}")
 
 
-@router.get("/resources/{device_id}", response_model=Resource,
-            responses={404: ERRORS[401] | {"description": "no such device"}})
+@router.get("/resources/{device_id}", response_model=Resource, responses=NOT_FOUND)
 async def get_resource(
     request: Request,
     device_id: Annotated[str, Path(min_length=1, max_length=256)],
