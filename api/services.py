@@ -64,7 +64,12 @@ class Services:
         self.producer = RequestProducer(
             settings.bootstrap, settings.topics.workloads, settings.produce_timeout_s
         )
-        self.read_model = ReadModel(self.redis, self.keys_layout)
+        self.read_model = ReadModel(
+            aredis.Redis.from_url(
+                settings.redis, socket_timeout=t + 1, socket_connect_timeout=t, **retry
+            ),
+            self.keys_layout,
+        )
         self.metrics = metrics or ApiMetrics()
         self.metrics.watch(lambda: self.read_model.prices, lambda: self.read_model.workloads)
         # workload id -> customer, of workloads submitted through the API (api_workloads).
@@ -79,6 +84,7 @@ class Services:
 
     async def stop(self) -> None:
         await self.read_model.stop()
+        await self.read_model.client.aclose()
         if self._owner_task is not None:
             self._owner_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

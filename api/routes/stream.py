@@ -80,7 +80,8 @@ async def _events(
             await asyncio.sleep(1.0)
             continue
         out = []
-        for _, entries in reply or []:
+        streams = reply.values() if isinstance(reply, dict) else [e for _, e in reply or []]
+        for entries in streams:
             for entry_id, raw in entries:
                 last = _text(entry_id)
                 doc = {_text(k): _text(v) for k, v in raw.items()}

@@ -19,6 +19,7 @@ from hcp.errors import ConfigError
 from hcp.kafka_admin import check_broker
 from hcp.topics import Topics
 from tools.bench import hooks
+from tools.bench.api import add_api_bench_args
 from tools.bench.fill import FillSpec, fill_topics, planned_events
 from tools.bench.latency import measure_latency
 from tools.bench.limit import DECODERS, measure_limit
@@ -140,6 +141,10 @@ def _command_line() -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.part == "api":
+        from tools.bench.api import run_api_bench
+
+        return run_api_bench(args)
     if args.decoder == "orjson":
         try:
             import orjson  # noqa: F401
@@ -268,4 +273,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     env_flag(p, "--skip-latency", env="HCP_BENCH_SKIP_LATENCY", help="do not measure latency")
     env_flag(p, "--quiet", env="HCP_QUIET", help="no progress lines")
     add_connection_args(p)
+    add_api_bench_args(p)
+    p.add_argument("part", nargs="?", default="pipeline", choices=("pipeline", "api"),
+                   help="what to measure: the streaming pipeline (default) or `hcp api` "
+                   "under wrk (docs/api.md)")
     p.set_defaults(func=_bench)
