@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from bisect import bisect_right
@@ -69,7 +70,7 @@ class Rec:
     __slots__ = ("_body", "action", "device_id", "device_type", "site", "state", "values",
                  "window_end")
 
-    def __init__(self, values: list[bytes], window_end: int) -> None:
+    def __init__(self, values: tuple[bytes, ...], window_end: int) -> None:
         self.values = values
         self.window_end = window_end
         self.device_id = values[_I_DEVICE].decode()
@@ -150,7 +151,7 @@ def device_state(device_type: str, action: str, reason: str) -> str:
     return "mining" if action == "mine" else "curtailed"
 
 
-def _rec_of_values(values: list[bytes]) -> Rec | None:
+def _rec_of_values(values: tuple[bytes, ...]) -> Rec | None:
     try:
         end = int(values[_I_END])
     except ValueError:
@@ -168,13 +169,13 @@ def parse_rec(raw: dict) -> Rec | None:
         if v is None:
             return None
         values.append(v if isinstance(v, bytes) else str(v).encode())
-    return _rec_of_values(values)
+    return _rec_of_values(tuple(values))
 
 
 def parse_entry_fields(fields: list[bytes]) -> Rec | None:
     """A raw stream entry ``[name, value, ...]``; the sink writes ``REC_FIELDS`` in order."""
     if fields[0::2] == _FIELD_NAMES:
-        return _rec_of_values(fields[1::2])
+        return _rec_of_values(tuple(fields[1::2]))
     return parse_rec(dict(zip(fields[0::2], fields[1::2], strict=False)))
 
 
@@ -358,7 +359,7 @@ class ReadModel:
             # and parses than one HGETALL each (the load of 310,000 devices is what it costs).
             for values in await self._hmget_many(keys=keys, args=_FIELD_NAMES):
                 if values and None not in values:
-                    rec = _rec_of_values(list(values))
+                    rec = _rec_of_values(tuple(values))
                     if rec is not None:
                         recs[rec.device_id] = rec
         workloads: dict[str, dict[str, Any]] = {}
@@ -374,6 +375,10 @@ class ReadModel:
         self.ready = True
         self.synced_at = time.monotonic()
         self.error = None
+        # Hundreds of thousands of long-lived objects: keep them out of every later
+        # collection, whose full passes would otherwise stall requests for a long time.
+        gc.collect()
+        gc.freeze()
         log.info(
             "read model loaded: %d devices, %d workloads in %.1f s",
             len(recs), len(workloads), time.monotonic() - started,
@@ -426,7 +431,8 @@ class ReadModel:
                 return
             reply = await self.client.xread(
                 {self.keys.recs_stream: self._rec_id, self.keys.workloads_stream: self._wl_id},
-                count=20_000,
+                # Small batches: parsing one holds the event loop, and requests wait.
+                count=5_000,
                 block=self.block_ms,
             )
             # RESP3 answers a map of stream -> entries, RESP2 a list of pairs.

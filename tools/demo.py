@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -105,6 +106,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     env_arg(parser, "--asics", env="HCP_ASICS", default=50, type=positive_int, help="ASICs")
     env_arg(parser, "--sites", env="HCP_SITES", default=3, type=positive_int, help="sites")
     env_arg(parser, "--seed", env="HCP_SEED", default=7, type=int, help="random seed")
+    env_arg(
+        parser,
+        "--api-port",
+        env="HCP_API_PORT",
+        default=8080,
+        type=int,
+        help="port of the HTTP API the demo starts (a free one when taken; -1: no API)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -196,6 +205,7 @@ def _play(
         env=env,
     )
     print("streaming job started (metrics on http://127.0.0.1:9464/metrics)", flush=True)
+    api = _start_api(args, bootstrap)
     last_view = ""
     deadline = time.monotonic() + args.duration / args.speed + 45
     try:
@@ -216,6 +226,10 @@ def _play(
         if view and _window(view) != _window(last_view):
             print(view, flush=True)
     finally:
+        if api is not None and api.poll() is None:
+            api.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                api.wait(timeout=10)
         if job.poll() is None:
             job.send_signal(signal.SIGTERM)
             try:
@@ -227,6 +241,37 @@ def _play(
         raise HcpError(f"simulators failed: {failure[0]}")
     print(f"demo finished; job exit code {job.returncode}. Try `hcp recommendations`.", flush=True)
     return 0 if job.returncode == 0 else 1
+
+
+def _start_api(args: argparse.Namespace, bootstrap: str) -> subprocess.Popen | None:
+    """Start `hcp api` beside the job and print its URL and a fresh admin key."""
+    if args.api_port < 0:
+        return None
+    import psycopg
+
+    from api.keys import create_key
+    from tools.broker import free_port
+
+    port = args.api_port if not _port_taken(args.api_port) else free_port()
+    with psycopg.connect(args.pg, autocommit=True) as conn:
+        key_id, key = create_key(conn, "admin", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "api", "--port", str(port),
+         "--bootstrap", bootstrap, "--redis", args.redis, "--pg", args.pg,
+         "--redis-prefix", args.redis_prefix, "--topic-prefix", args.topic_prefix],
+    )
+    url = f"http://127.0.0.1:{port}"
+    print(f"HTTP API on {url} (docs {url}/docs); admin key {key_id} for this demo:", flush=True)
+    print(f"  curl -H 'Authorization: Bearer {key}' {url}/api/v1/sites", flush=True)
+    return proc
+
+
+def _port_taken(port: int) -> bool:
+    try:
+        socket.create_server(("127.0.0.1", port)).close()
+    except OSError:
+        return True
+    return False
 
 
 def _wait_for_topics(bootstrap: str, topics: Topics, failure: list[BaseException]) -> None:

@@ -285,8 +285,8 @@ def _freshness(url: str, key: str, writer: RedisWriter, window: pl.DataFrame, n:
     writer.write_batch([("recs", nxt)])
     done = time.monotonic()
     headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=5) as c:
-        while time.monotonic() - done < 60:
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        while time.monotonic() - done < 120:
             if c.get(f"/api/v1/resources/{last}").json().get("window_end") == new_end:
                 return time.monotonic() - done
             time.sleep(0.02)
