@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen services clean
+.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen bench-api services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench-quick: $(STAMP) services
 
 bench: $(STAMP) services
 	$(BIN)/hcp bench
+
+# `hcp bench api` drives the API with wrk (Debian's); installed here when missing.
+bench-api: $(STAMP) services
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| (sudo apt-get update -qq && sudo apt-get install -y -qq wrk)
+	$(BIN)/hcp bench api
 
 bench-gen: $(STAMP)
 	$(BIN)/python -m tools.bench.generation --gpus 5000 --asics 300000 --duration 10

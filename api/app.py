@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from api.fastpath import PointReads
 from api.metrics import ApiMetrics, RouteMetrics
 from api.problems import BodyLimit, install_handlers
 from api.routes import optimizer, orchestrator, stream
@@ -80,4 +81,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit=settings.body_limit)
     app.add_middleware(RouteMetrics, metrics=metrics_)
+    app.add_middleware(PointReads, metrics=metrics_)  # outermost: see api/fastpath.py
     return app

@@ -51,6 +51,13 @@ class KeyCache:
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[float, Principal | None]] = {}
 
+    def peek(self, key: str) -> Principal | None:
+        """The cached principal of ``key`` when the cache holds a fresh one, else None."""
+        hit = self._cache.get(hash_key(key))
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        return None
+
     async def lookup(self, key: str) -> Principal | None:
         digest = hash_key(key)
         now = time.monotonic()

@@ -60,32 +60,44 @@ _WL_INTS = frozenset({"priority", "updated_ts"})
 
 
 class Rec:
-    """One device's latest recommendation: the fields filters use, and its raw values.
+    """One device's latest recommendation, kept as the bytes Redis sent.
 
-    The values stay the bytes Redis sent, in ``REC_FIELDS`` order; the JSON document is
-    made on the first request that needs it and kept. Following a 310,000-device window
-    then costs a few microseconds per entry, so the copy keeps up with the sink.
+    ``fields`` is the stream entry's ``[name, value, ...]`` list (``REC_FIELDS`` order);
+    nothing else is decoded on arrival but the device id and window end, so following a
+    310,000-device window costs about a microsecond per entry beyond parsing the reply.
+    The JSON document is made on the first request that needs it and then reused.
     """
 
-    __slots__ = ("_body", "action", "device_id", "device_type", "site", "state", "values",
-                 "window_end")
+    __slots__ = ("_body", "device_id", "fields", "window_end")
 
-    def __init__(self, values: tuple[bytes, ...], window_end: int) -> None:
-        self.values = values
+    def __init__(self, fields: list[bytes], window_end: int, device_id: str) -> None:
+        self.fields = fields
         self.window_end = window_end
-        self.device_id = values[_I_DEVICE].decode()
-        self.device_type = _name(values[_I_TYPE])
-        self.site = _name(values[_I_SITE])
-        self.action = _name(values[_I_ACTION])
-        self.state = device_state(self.device_type, self.action, _name(values[_I_REASON]))
+        self.device_id = device_id
         self._body: bytes | None = None
+
+    @property
+    def device_type(self) -> str:
+        return _name(self.fields[_V_TYPE])
+
+    @property
+    def site(self) -> str:
+        return _name(self.fields[_V_SITE])
+
+    @property
+    def action(self) -> str:
+        return _name(self.fields[_V_ACTION])
+
+    @property
+    def state(self) -> str:
+        return device_state(self.device_type, self.action, _name(self.fields[_V_REASON]))
 
     @property
     def body(self) -> bytes:
         """The device's JSON document (the ``Resource`` schema of docs/api.md)."""
         if self._body is None:
             doc: dict[str, Any] = {}
-            for name, v in zip(REC_FIELDS, self.values, strict=True):
+            for name, v in zip(REC_FIELDS, self.fields[1::2], strict=True):
                 text = v.decode()
                 if name in _INT_FIELDS:
                     doc[name] = _num(text, True)
@@ -105,6 +117,11 @@ _I_SITE = REC_FIELDS.index("site")
 _I_ACTION = REC_FIELDS.index("action")
 _I_REASON = REC_FIELDS.index("reason")
 _I_END = REC_FIELDS.index("window_end")
+# Positions in an entry's [name, value, ...] list.
+_V_DEVICE, _V_TYPE, _V_SITE, _V_ACTION, _V_REASON, _V_END = (
+    2 * i + 1 for i in (_I_DEVICE, _I_TYPE, _I_SITE, _I_ACTION, _I_REASON, _I_END)
+)
+_N_FIELDS = 2 * len(REC_FIELDS)
 _FIELD_NAMES = [f.encode() for f in REC_FIELDS]
 _NAMES: dict[bytes, str] = {}
 # KEYS: hashes; ARGV: field names. Returns each hash's values in ARGV order.
@@ -151,14 +168,20 @@ def device_state(device_type: str, action: str, reason: str) -> str:
     return "mining" if action == "mine" else "curtailed"
 
 
-def _rec_of_values(values: tuple[bytes, ...]) -> Rec | None:
+def _rec_of_fields(fields: list[bytes]) -> Rec | None:
     try:
-        end = int(values[_I_END])
+        end = int(fields[_V_END])
     except ValueError:
         return None
-    if not values[_I_DEVICE]:
-        return None
-    return Rec(values, end)
+    device = fields[_V_DEVICE]
+    return Rec(fields, end, device.decode()) if device else None
+
+
+def _interleave(values: list[bytes] | tuple[bytes, ...]) -> list[bytes]:
+    fields: list[bytes] = [b""] * _N_FIELDS
+    fields[0::2] = _FIELD_NAMES
+    fields[1::2] = values
+    return fields
 
 
 def parse_rec(raw: dict) -> Rec | None:
@@ -169,13 +192,18 @@ def parse_rec(raw: dict) -> Rec | None:
         if v is None:
             return None
         values.append(v if isinstance(v, bytes) else str(v).encode())
-    return _rec_of_values(tuple(values))
+    return _rec_of_fields(_interleave(values))
 
 
 def parse_entry_fields(fields: list[bytes]) -> Rec | None:
     """A raw stream entry ``[name, value, ...]``; the sink writes ``REC_FIELDS`` in order."""
-    if fields[0::2] == _FIELD_NAMES:
-        return _rec_of_values(tuple(fields[1::2]))
+    if (
+        len(fields) == _N_FIELDS
+        and fields[_V_DEVICE - 1] == b"device_id"
+        and fields[_V_END - 1] == b"window_end"
+        and fields[-2] == _FIELD_NAMES[-1]
+    ):
+        return _rec_of_fields(fields)
     return parse_rec(dict(zip(fields[0::2], fields[1::2], strict=False)))
 
 
@@ -359,7 +387,7 @@ class ReadModel:
             # and parses than one HGETALL each (the load of 310,000 devices is what it costs).
             for values in await self._hmget_many(keys=keys, args=_FIELD_NAMES):
                 if values and None not in values:
-                    rec = _rec_of_values(tuple(values))
+                    rec = _rec_of_fields(_interleave(values))
                     if rec is not None:
                         recs[rec.device_id] = rec
         workloads: dict[str, dict[str, Any]] = {}

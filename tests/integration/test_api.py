@@ -109,7 +109,7 @@ def env(bootstrap: str, redis_url: str, pg_dsn: str) -> Iterator[Env]:
     other = make_key(pg_dsn, "customer", "globex")
     settings = ApiSettings(
         bootstrap=bootstrap, redis=redis_url, pg=pg_dsn, redis_prefix=prefix,
-        topic_prefix=topics.prefix, key_cache_s=0.0, body_limit=2 * 1024 * 1024,
+        topic_prefix=topics.prefix, key_cache_s=1.0, body_limit=2 * 1024 * 1024,
     )
     with LiveApi(settings) as api:
         api.wait_ready()
@@ -170,7 +170,10 @@ def _close(a: float | None, b: str) -> bool:
 
 
 def test_resource_matches_the_jobs_redis_hash(env: Env) -> None:
+    """Twice: the fast path (key cached) and the routed handler (first use) agree."""
     with env.api.client(env.admin) as c:
+        first = c.get("/api/v1/resources/asic-0")
+        assert first.json() == c.get("/api/v1/resources/asic-0").json()
         for device in ("gpu-00000", "asic-1"):
             doc = c.get(f"/api/v1/resources/{device}").json()
             stored = _rec_hash(env, device)
@@ -414,7 +417,8 @@ def test_keys_roles_and_customer_isolation(env: Env) -> None:
             from api.keys import revoke_key
 
             assert revoke_key(conn, key_id)
-        assert c.get("/api/v1/workloads").status_code == 401  # key cache is 0 s here
+        # The key cache trusts a checked key for --key-cache-s (1 s here).
+        wait_for(lambda: c.get("/api/v1/workloads").status_code == 401, 5)
 
 
 # --- errors and metrics --------------------------------------------------------------------
