@@ -237,6 +237,7 @@ def run_api_bench(args: argparse.Namespace) -> int:
                 endpoints[name] = _wrk(url, {**base, **env}, args)
                 say(f"  {name}: {endpoints[name]['requests_per_s']:,.0f} req/s")
             results["endpoints"] = endpoints
+            results["errors_by_route"] = _error_counts(url)
             results["freshness_s"] = _freshness(url, key, writer, window, args.api_devices)
             say(f"  read model caught up with a new window {results['freshness_s']:.2f} s "
                 "after the sink finished writing it")
@@ -259,6 +260,11 @@ def run_api_bench(args: argparse.Namespace) -> int:
     finally:
         for proc in procs:
             _stop(proc)
+        out_dir = Path(args.api_out).parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for log_name in ("api.log", "ref.log"):  # kept for a look at any non-2xx answer
+            if (tmp / log_name).exists():
+                shutil.copy(tmp / log_name, out_dir / f"bench-{log_name}")
         keys = list(writer.client.scan_iter(f"{prefix}*", count=10_000))
         for i in range(0, len(keys), 10_000):
             writer.client.unlink(*keys[i : i + 10_000])
@@ -275,6 +281,17 @@ def run_api_bench(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {out}")
     return 0
+
+
+def _error_counts(url: str) -> dict[str, float]:
+    """Answers other than 200/202 per route and status, from the API's own /metrics."""
+    out = {}
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    pattern = r'^hcp_api_requests_total\{method="(\w+)",route="([^"]+)",status="(\d+)"\} (\S+)'
+    for method, route, status, n in re.findall(pattern, text, re.M):
+        if status not in ("200", "202") and float(n) > 0:
+            out[f"{method} {route} {status}"] = float(n)
+    return out
 
 
 def _freshness(url: str, key: str, writer: RedisWriter, window: pl.DataFrame, n: int) -> float:
@@ -305,6 +322,8 @@ def _table(r: dict[str, Any]) -> str:
     for name, e in rows:
         lines.append(f"{name:<58} {e['requests_per_s']:>9,.0f} {e['p50_ms']:>8.2f} "
                      f"{e['p99_ms']:>8.2f} {e['non_2xx']:>8}")
+    if r.get("errors_by_route"):
+        lines.append(f"answers other than 200/202: {r['errors_by_route']}")
     lines.append(f"point reads vs reference: {r['point_read_ratio']:.2f}x; read model load "
                  f"{r['read_model_load_s']:.1f} s, RSS {r['api_rss_mb']:.0f} MB, new window "
                  f"served {r['freshness_s']:.2f} s after the sink wrote it")
