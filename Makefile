@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen bench-api services clean
+.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen bench-api services \
+	system-deps dashboards clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,17 +18,37 @@ install: $(STAMP)
 services:
 	bash deploy/local-services.sh
 
+# Debian packages the tests run for real: prometheus + promtool (dashboard queries, rule
+# tests, `promtool check metrics`) and prometheus-alertmanager (amtool check-config).
+# Installs only what is missing, so it is a no-op on a machine that has them.
+SYSTEM_TOOLS := prometheus:prometheus promtool:prometheus amtool:prometheus-alertmanager
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    $$(echo $$missing | tr ' ' '\n' | sort -u); \
+	fi
+
+# Regenerate deploy/grafana/dashboards/*.json from tools/dashboards.
+dashboards: $(STAMP)
+	$(BIN)/python -m tools.dashboards
+
 demo: $(STAMP) services
 	$(BIN)/hcp demo
 
-test: $(STAMP) services
+test: $(STAMP) services system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP) services
+test-fast: $(STAMP) services system-deps
 	$(BIN)/python -m pytest -q -m "not fault and not slow"
 
-test-fault: $(STAMP) services
+test-fault: $(STAMP) services system-deps
 	$(BIN)/python -m pytest -q -m fault
 
 lint: $(STAMP)
@@ -39,10 +60,9 @@ bench-quick: $(STAMP) services
 bench: $(STAMP) services
 	$(BIN)/hcp bench
 
-# `hcp bench api` drives the API with wrk (Debian's); installed here when missing.
+# `hcp bench api` drives the API with Debian's wrk (installed when missing, as above).
 bench-api: $(STAMP) services
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
-		|| (sudo apt-get update -qq && sudo apt-get install -y -qq wrk)
+	$(MAKE) system-deps SYSTEM_TOOLS=wrk:wrk
 	$(BIN)/hcp bench api
 
 bench-gen: $(STAMP)

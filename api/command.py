@@ -10,8 +10,9 @@ import psycopg
 
 from api.keys import ROLES, create_key, list_keys, revoke_key
 from api.settings import ApiSettings, add_api_args
-from hcp.config import DEFAULT_PG, env_arg, env_flag
+from hcp.config import env_flag
 from hcp.errors import ConfigError, SinkUnavailableError
+from hcp.settings import add_settings
 from sinks.postgres.schema import apply_migrations, connect, ensure_database, redact_dsn
 
 __all__ = ["register", "serve"]
@@ -47,8 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke.add_argument("key_id", help="the key's id (`hcp api keys list`)")
     revoke.set_defaults(func=_revoke)
     for leaf in (create, listing, revoke):
-        env_arg(leaf, "--pg", env="HCP_PG_DSN", default=DEFAULT_PG, help="PostgreSQL DSN",
-                dest="keys_pg")
+        add_settings(leaf, "pg")
 
 
 def _db(dsn: str) -> psycopg.Connection:
@@ -64,7 +64,7 @@ def _db(dsn: str) -> psycopg.Connection:
 def _create(args: argparse.Namespace) -> int:
     if args.role == "admin" and args.customer:
         raise ConfigError("--customer is for customer keys only")
-    with _db(args.keys_pg) as conn:
+    with _db(args.pg) as conn:
         key_id, key = create_key(conn, args.role, args.customer)
     who = f" for customer {args.customer}" if args.customer else ""
     print(f"created {args.role} key {key_id}{who}; it is shown once, store it now:")
@@ -73,7 +73,7 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with _db(args.keys_pg) as conn:
+    with _db(args.pg) as conn:
         records = list_keys(conn)
     print(f"{'key_id':<10} {'role':<9} {'customer':<20} {'created (UTC)':<20} revoked")
     for r in records:
@@ -86,7 +86,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    with _db(args.keys_pg) as conn:
+    with _db(args.pg) as conn:
         if not revoke_key(conn, args.key_id):
             raise ConfigError(f"no active key with id {args.key_id!r}")
     print(f"revoked key {args.key_id}")

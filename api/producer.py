@@ -15,6 +15,7 @@ import time
 from confluent_kafka import KafkaException, Producer
 
 from api.problems import ProblemError, unavailable
+from hcp.workload_requests import partition_for, request_key
 
 __all__ = ["RequestProducer"]
 
@@ -26,7 +27,10 @@ def _on_error(err: object) -> None:
 
 
 class RequestProducer:
-    """Produces to one topic; :meth:`send` returns once the message is durable."""
+    """Produces to one topic; :meth:`send` returns once the message is durable.
+
+    Messages are keyed by the workload id and go to :func:`partition_for`'s partition.
+    """
 
     def __init__(self, bootstrap: str, topic: str, timeout_s: float) -> None:
         self.bootstrap = bootstrap
@@ -51,6 +55,9 @@ class RequestProducer:
         self._thread = threading.Thread(target=self._poll, name="api-producer", daemon=True)
         self._thread.start()
         self._health: tuple[float, str | None] = (0.0, None)
+        # Every producer puts a workload's messages on partition_for's partition, so a
+        # cancel is read after its submit (hcp/workload_requests.py).
+        self._partitions: int | None = None
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -72,8 +79,13 @@ class RequestProducer:
 
             loop.call_soon_threadsafe(settle)
 
+        if self._partitions is None:
+            self._partitions = await asyncio.to_thread(self._partition_count)
+        extra = {"partition": partition_for(key, self._partitions)} if self._partitions else {}
         try:
-            self._producer.produce(self.topic, value, key=key.encode(), on_delivery=delivered)
+            self._producer.produce(
+                self.topic, value, key=request_key(key), on_delivery=delivered, **extra
+            )
         except (BufferError, KafkaException) as exc:
             raise unavailable("broker", f"cannot queue the message: {exc}") from None
         try:
@@ -82,6 +94,17 @@ class RequestProducer:
             raise unavailable("broker", f"no acknowledgement within {self.timeout_s:g} s") from None
         except ProblemError:
             raise
+
+    def _partition_count(self) -> int | None:
+        """Partitions of the requests topic; None (ask again next time) when unknown."""
+        try:
+            meta = self._producer.list_topics(self.topic, timeout=self.timeout_s)
+        except KafkaException:
+            return None
+        topic = meta.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            return None
+        return len(topic.partitions)
 
     def check(self, timeout_s: float = 1.0) -> str | None:
         """None when the broker answers a metadata request, else why not (cached 1 s)."""

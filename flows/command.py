@@ -5,18 +5,23 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import time
+from collections import Counter
 from datetime import timedelta
 
 from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 
+from flows import metrics
 from flows.dataflow import build_flow
 from flows.settings import JobSettings, add_job_args
 from flows.source import request_shutdown
-from hcp.kafka_admin import check_broker, partition_counts
+from hcp.config import redis_url
+from hcp.errors import ConfigError
+from hcp.kafka_admin import check_broker, partition_counts, topic_names
 
-__all__ = ["register"]
+__all__ = ["RunTotals", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Read GPU and ASIC telemetry and market prices from Kafka, window them in event "
             "time, decide per device and write recommendations to Redis and history to "
             "PostgreSQL. Runs until SIGTERM/SIGINT, or with --once until the topics' current "
-            "ends. To scale over processes and hosts use `python -m bytewax.run flows.job` "
-            "with the same settings as HCP_* variables."
+            "ends and then prints a summary (events per topic, windows, dead letters, late "
+            "events). With --once, input topics that do not exist under --topic-prefix are an "
+            "error; without it they are created and the job waits for producers. To scale "
+            "over processes and hosts use `python -m bytewax.run flows.job` with the same "
+            "settings as HCP_* variables."
         ),
     )
     add_job_args(parser)
@@ -39,7 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = JobSettings.from_args(args)
+    # Everything that can be checked locally is checked before the job touches a service,
+    # so a typo fails in one line instead of inside a Bytewax worker.
+    if not settings.no_redis:
+        _check_redis(settings.redis)
+    if settings.recovery_dir is not None:
+        from flows.recovery import check_recovery_dir
+
+        check_recovery_dir(settings.recovery_dir)
+    metrics.configure(settings.metrics_port, settings.metrics_host)  # checks the range
     check_broker(settings.bootstrap)
+    _check_input_topics(settings)
+    metrics.configure(settings.metrics_port, settings.metrics_host, serve_now=True)
     if not settings.no_pg:
         from sinks.postgres.schema import apply_migrations
 
@@ -60,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         parts = partition_counts(settings.bootstrap, [t.gpu, t.asic, t.prices])
         prepare_recovery_dir(settings, parts, settings.recovery_partitions)
         recovery = RecoveryConfig(str(settings.recovery_dir))
+    before = RunTotals.now()
     started = time.perf_counter()
     cli_main(
         flow,
@@ -67,5 +87,128 @@ def run(args: argparse.Namespace) -> int:
         epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
         recovery_config=recovery,
     )
-    log.info("job finished in %.1f s", time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if not settings.once:
+        log.info("job finished in %.1f s", seconds)
+        return 0
+    totals = RunTotals.now() - before
+    print(totals.summary(settings, seconds))
+    if totals.events == 0:
+        print(
+            f"hcp run: warning: read no events: the input topics under --topic-prefix "
+            f"{settings.topic_prefix!r} are empty",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _check_redis(url: str) -> None:
+    """A malformed URL or a database the server lacks is a config error; an outage is not."""
+    import redis
+
+    try:
+        redis_url(url)
+    except argparse.ArgumentTypeError as exc:
+        msg = f"--redis (HCP_REDIS_URL): {exc}"
+        raise ConfigError(msg) from None
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.ResponseError as exc:
+        # e.g. "DB index is out of range": retrying would never help.
+        msg = f"Redis refused the connection settings of --redis (HCP_REDIS_URL): {exc}"
+        raise ConfigError(msg) from None
+    except redis.RedisError as exc:
+        # Unreachable now: the sink waits it out, as for an outage during the run.
+        log.warning("Redis is not answering yet (%s); the job retries while it runs", exc)
+    finally:
+        client.close()
+
+
+def _check_input_topics(settings: JobSettings) -> None:
+    """Refuse (``--once``) or flag (streaming) input topics missing under the prefix.
+
+    Missing topics are usually a mistyped ``--topic-prefix``: ``--once`` would read nothing
+    and create empty topics, so it stops; a streaming job may legitimately start before its
+    producers, so it creates them and says so.
+    """
+    t = settings.topics
+    wanted = [t.gpu, t.asic, t.prices]
+    existing = partition_counts(settings.bootstrap, wanted)
+    missing = [name for name in wanted if name not in existing]
+    if not missing:
+        return
+    hint = _prefix_hint(settings)
+    if settings.once and len(missing) == len(wanted):
+        msg = (
+            f"no input topics under --topic-prefix {settings.topic_prefix!r} on "
+            f"{settings.bootstrap} (looked for {', '.join(wanted)}){hint}"
+        )
+        raise ConfigError(msg)
+    log.warning(
+        "input topics %s do not exist yet: creating them and waiting for producers%s",
+        ", ".join(missing),
+        hint,
+    )
+
+
+def _prefix_hint(settings: JobSettings) -> str:
+    suffix = settings.topics.gpu[len(settings.topic_prefix) :]
+    found = [n[: -len(suffix)] for n in topic_names(settings.bootstrap) if n.endswith(suffix)]
+    if not found:
+        return ""
+    shown = ", ".join(repr(p) for p in found[:5])
+    return f"; prefixes with data topics on this broker: {shown}"
+
+
+class RunTotals:
+    """In-process totals of the job's counters, to summarise one ``--once`` run."""
+
+    def __init__(self, values: Counter[tuple[str, str]]) -> None:
+        self.values = values
+
+    @classmethod
+    def now(cls) -> RunTotals:
+        values: Counter[tuple[str, str]] = Counter()
+        for name, metric, label in (
+            ("events", metrics.EVENTS_IN, "topic"),
+            ("windows", metrics.WINDOWS_CLOSED, "device_type"),
+            ("dead", metrics.BAD_INPUT, "topic"),
+            ("late", metrics.LATE_EVENTS, "kind"),
+        ):
+            for family in metric.collect():
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        values[(name, sample.labels.get(label, ""))] += sample.value
+        return cls(values)
+
+    def __sub__(self, other: RunTotals) -> RunTotals:
+        diff = Counter(self.values)
+        diff.subtract(other.values)
+        return RunTotals(diff)
+
+    def total(self, name: str) -> int:
+        return int(sum(v for (n, _), v in self.values.items() if n == name))
+
+    @property
+    def events(self) -> int:
+        return self.total("events")
+
+    def _parts(self, name: str, strip: str = "") -> str:
+        parts = sorted(
+            (label.removeprefix(strip), int(v))
+            for (n, label), v in self.values.items()
+            if n == name and v
+        )
+        return f" ({', '.join(f'{label} {v:,}' for label, v in parts)})" if parts else ""
+
+    def summary(self, settings: JobSettings, seconds: float) -> str:
+        """One line: events per topic, windows per device type, dead letters, late events."""
+        prefix = settings.topic_prefix
+        return (
+            f"once: {self.events:,} events{self._parts('events', prefix)}; "
+            f"{self.total('windows'):,} device windows closed{self._parts('windows')}; "
+            f"{self.total('dead'):,} dead letters{self._parts('dead', prefix)}; "
+            f"{self.total('late'):,} late events dropped{self._parts('late')}; "
+            f"{seconds:.1f} s"
+        )

@@ -31,12 +31,15 @@ from flows.router.router import RouterConfig
 from flows.settings import JobSettings
 from flows.source import KafkaBatchSource, SourceBatch, shutdown_requested
 from hcp.kafka_admin import ensure_topics
+from hcp.tags import Out
 from sinks.assignments import AssignmentSink
 from sinks.dlq import DlqSink
 
 __all__ = ["build_flow"]
 
 log = logging.getLogger(__name__)
+
+RAW_TAG = {"gpu": Out.GPU_RAW, "asic": Out.ASIC_RAW}
 
 
 def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataflow:
@@ -113,23 +116,22 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     def side_outputs(batch: SourceBatch) -> list[tuple]:
         out: list[tuple] = []
         if batch.dlq.height:
-            out.append(("dlq", batch.dlq))
+            out.append((Out.DLQ, batch.dlq))
         if batch.rows.height:
             if batch.kind == "prices":
                 rows = price_rows(batch.rows)
-                for key, value in zip(rows["key"], rows["value"], strict=True):
-                    metrics.PRICE.labels(key).set(value)
-                out.append(("prices", rows))
+                metrics.set_prices(rows)
+                out.append((Out.PRICES, rows))
             elif batch.kind in ("gpu", "asic") and settings.store_raw and not settings.no_pg:
-                out.append((f"{batch.kind}_raw", batch.rows))
+                out.append((RAW_TAG[batch.kind], batch.rows))
         return out
 
     side = op.flat_map("side_outputs", batches, side_outputs)
     # The router places AI work on GPUs; it reads the recommendations so that GPUs told to
     # power down get no work (docs/workloads.md).
-    routed = add_router_branch(
-        batches, recs, RouterConfig(lateness_ms=settings.lateness_ms), router_inputs(source)
-    )
+    router_config = RouterConfig(lateness_ms=settings.lateness_ms,
+                                 assign_timeout_s=settings.assign_timeout_s)
+    routed = add_router_branch(batches, recs, router_config, router_inputs(source))
     everything = op.merge("outputs", recs, side, routed)
     op.output("dlq_out", everything, DlqSink(settings.bootstrap, topics.dlq))
     op.output("assignments_out", everything, AssignmentSink(settings.bootstrap, topics.assignments))

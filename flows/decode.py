@@ -92,7 +92,10 @@ def _reason_expr(fields: tuple[Field, ...]) -> pl.Expr:
     for f in fields:
         col = pl.col(f.name)
         if not f.nullable:
-            checks.append(pl.when(col.is_null()).then(pl.lit(f"missing_field:{f.name}")))
+            missing = col.is_null()
+            if f.submit_only:
+                missing = missing & (pl.col("op") != "cancel").fill_null(True)
+            checks.append(pl.when(missing).then(pl.lit(f"missing_field:{f.name}")))
         if f.dtype == pl.String:
             # polars renders a nested object or array given for a string as its JSON text.
             checks.append(
@@ -182,7 +185,7 @@ def check_message(raw: bytes | None, fields: tuple[Field, ...]) -> tuple[object,
     for f in fields:
         value = obj.get(f.name)
         if value is None:
-            if f.nullable:
+            if f.nullable or (f.submit_only and obj.get("op") == "cancel"):
                 continue
             return None, f"missing_field:{f.name}"
         if not _type_ok(value, f):

@@ -6,49 +6,44 @@ import argparse
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from hcp.config import (
-    add_connection_args,
-    add_topic_args,
-    env_arg,
-    env_flag,
-    non_negative_float,
-    positive_int,
-)
 from hcp.errors import ConfigError
+from hcp.settings import add_settings, default
 from hcp.topics import Topics
 
-__all__ = ["JobSettings", "add_job_args"]
+__all__ = ["JOB_SETTINGS", "JobSettings", "add_job_args"]
 
 
 @dataclass(frozen=True)
 class JobSettings:
-    """Everything the profitability job needs to build its dataflow."""
+    """Everything the profitability job needs to build its dataflow (hcp/settings.py declares
+    each knob's flag, variable, default and help once)."""
 
-    bootstrap: str = "127.0.0.1:9092"
-    redis: str = "redis://127.0.0.1:6379/0"
-    pg: str = "postgresql://127.0.0.1:5432/hcp"
-    topic_prefix: str = "hcp."
-    partitions: int = 8
-    redis_prefix: str = "hcp:"
-    window_s: float = 60.0
-    lateness_s: float = 5.0
-    idle_timeout_s: float = 30.0
-    pool_fee: float = 0.0
-    hysteresis: float = 0.05
-    dwell_s: float = 600.0
-    batch_size: int = 50_000
-    linger_s: float = 0.1
-    stream_maxlen: int = 1_000_000
-    once: bool = False
-    store_raw: bool = True
-    no_redis: bool = False
-    no_pg: bool = False
-    metrics_port: int = 9464
-    metrics_host: str = "127.0.0.1"
-    recovery_dir: Path | None = None
-    snapshot_interval_s: float = 10.0
-    recovery_partitions: int = 8
-    workers: int = 1
+    bootstrap: str = default("bootstrap")
+    redis: str = default("redis")
+    pg: str = default("pg")
+    topic_prefix: str = default("topic_prefix")
+    partitions: int = default("partitions")
+    redis_prefix: str = default("redis_prefix")
+    window_s: float = default("window_s")
+    lateness_s: float = default("lateness_s")
+    idle_timeout_s: float = default("idle_timeout_s")
+    pool_fee: float = default("pool_fee")
+    hysteresis: float = default("hysteresis")
+    dwell_s: float = default("dwell_s")
+    assign_timeout_s: float = default("assign_timeout_s")
+    batch_size: int = default("batch_size")
+    linger_s: float = default("linger_s")
+    stream_maxlen: int = default("stream_maxlen")
+    once: bool = default("once")
+    store_raw: bool = not default("no_raw")
+    no_redis: bool = default("no_redis")
+    no_pg: bool = default("no_pg")
+    metrics_port: int = default("metrics_port")
+    metrics_host: str = default("metrics_host")
+    recovery_dir: Path | None = None  # off unless set
+    snapshot_interval_s: float = default("snapshot_interval_s")
+    recovery_partitions: int = default("recovery_partitions")
+    workers: int = default("workers")
 
     @property
     def topics(self) -> Topics:
@@ -76,6 +71,9 @@ class JobSettings:
         if not 0 <= self.hysteresis < 1:
             msg = f"--hysteresis must be in [0, 1), got {self.hysteresis}"
             raise ConfigError(msg)
+        if not self.assign_timeout_s > 0:
+            msg = f"--assign-timeout-s must be positive, got {self.assign_timeout_s}"
+            raise ConfigError(msg)
         return self
 
     @classmethod
@@ -96,149 +94,16 @@ class JobSettings:
         return cls.from_args(parser.parse_args([]))
 
 
+# The flags of `hcp run`, in --help order.
+JOB_SETTINGS = (
+    "bootstrap", "redis", "pg", "redis_prefix", "topic_prefix", "partitions",
+    "window_s", "lateness_s", "idle_timeout_s", "pool_fee", "hysteresis", "dwell_s",
+    "assign_timeout_s", "once", "workers", "batch_size", "linger_s", "stream_maxlen",
+    "metrics_port", "metrics_host", "no_raw", "no_redis", "no_pg", "recovery_dir",
+    "snapshot_interval_s", "recovery_partitions",
+)
+
+
 def add_job_args(parser: argparse.ArgumentParser) -> None:
     """Flags of ``hcp run``; each falls back to the HCP_* variable named in its help."""
-    add_connection_args(parser)
-    add_topic_args(parser)
-    env_arg(
-        parser,
-        "--redis-prefix",
-        env="HCP_REDIS_PREFIX",
-        default="hcp:",
-        help="prefix of every Redis key the job writes",
-    )
-    g = parser.add_argument_group("event time and decisions")
-    env_arg(
-        g,
-        "--window-s",
-        env="HCP_WINDOW_S",
-        default=60.0,
-        type=non_negative_float,
-        help="tumbling window length in seconds of event time",
-    )
-    env_arg(
-        g,
-        "--lateness-s",
-        env="HCP_LATENESS_S",
-        default=5.0,
-        type=non_negative_float,
-        help="allowed lateness: events further behind their partition are counted and dropped",
-    )
-    env_arg(
-        g,
-        "--idle-timeout-s",
-        env="HCP_IDLE_TIMEOUT_S",
-        default=30.0,
-        type=non_negative_float,
-        help="wall seconds after which a silent partition stops holding windows open",
-    )
-    env_arg(
-        g,
-        "--pool-fee",
-        env="HCP_POOL_FEE",
-        default=0.0,
-        type=non_negative_float,
-        help="mining pool fee as a fraction of revenue",
-    )
-    env_arg(
-        g,
-        "--hysteresis",
-        env="HCP_HYSTERESIS",
-        default=0.05,
-        type=non_negative_float,
-        help="ASIC switch margin as a fraction of expected revenue",
-    )
-    env_arg(
-        g,
-        "--dwell-s",
-        env="HCP_DWELL_S",
-        default=600.0,
-        type=non_negative_float,
-        help="minimum event-time seconds between two ASIC switches",
-    )
-    r = parser.add_argument_group("running")
-    env_flag(
-        r,
-        "--once",
-        env="HCP_ONCE",
-        help="process the topics up to their current ends, close every window, flush, exit",
-    )
-    env_arg(
-        r,
-        "--workers",
-        env="HCP_WORKERS",
-        default=1,
-        type=positive_int,
-        help="Bytewax worker threads in this process",
-    )
-    env_arg(
-        r,
-        "--batch-size",
-        env="HCP_BATCH_SIZE",
-        default=50_000,
-        type=positive_int,
-        help="most messages taken from one partition per fetch",
-    )
-    env_arg(
-        r,
-        "--linger-s",
-        env="HCP_LINGER_S",
-        default=0.1,
-        type=non_negative_float,
-        help="longest a partition gathers live messages before handing them on as one batch",
-    )
-    env_arg(
-        r,
-        "--stream-maxlen",
-        env="HCP_STREAM_MAXLEN",
-        default=1_000_000,
-        type=positive_int,
-        help="approximate MAXLEN of the Redis recommendation stream",
-    )
-    env_arg(
-        r,
-        "--metrics-port",
-        env="HCP_METRICS_PORT",
-        default=9464,
-        type=int,
-        help="port of the Prometheus /metrics endpoint; 0 turns it off",
-    )
-    env_arg(
-        r,
-        "--metrics-host",
-        env="HCP_METRICS_HOST",
-        default="127.0.0.1",
-        help="address the /metrics endpoint listens on (0.0.0.0 in a container)",
-    )
-    env_flag(
-        r,
-        "--no-raw",
-        env="HCP_NO_RAW",
-        help="do not store raw GPU and ASIC telemetry in PostgreSQL (prices are always kept)",
-    )
-    env_flag(r, "--no-redis", env="HCP_NO_REDIS", help="do not write to Redis")
-    env_flag(r, "--no-pg", env="HCP_NO_PG", help="do not write to PostgreSQL")
-    env_arg(
-        r,
-        "--recovery-dir",
-        env="HCP_RECOVERY_DIR",
-        default=None,
-        help="Bytewax recovery directory; resume from its snapshots (off when unset)",
-    )
-    env_arg(
-        r,
-        "--snapshot-interval-s",
-        env="HCP_SNAPSHOT_INTERVAL_S",
-        default=10.0,
-        type=non_negative_float,
-        help="seconds between recovery snapshots",
-    )
-    env_arg(
-        r,
-        "--recovery-partitions",
-        env="HCP_RECOVERY_PARTITIONS",
-        default=8,
-        type=positive_int,
-        help="recovery partitions made in a new --recovery-dir: the most workers, over all "
-        "processes, the job may ever resume with",
-    )
+    add_settings(parser, *JOB_SETTINGS)

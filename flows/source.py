@@ -102,6 +102,26 @@ def consumer_config(bootstrap: str) -> dict[str, object]:
     }
 
 
+def _lag(stats: dict, start: int) -> int | None:
+    """Messages between this consumer's position and the partition end, from librdkafka stats.
+
+    librdkafka's own ``consumer_lag`` counts from the *committed* offset, and the job never
+    commits (its offsets live in Bytewax snapshots), so that field is always -1. The lag
+    from the stored offset (the position, stored as messages are consumed) is the one that
+    means "behind"; before the first message the position is the start offset.
+    """
+    lag = stats.get("consumer_lag_stored", -1)
+    if lag >= 0:
+        return int(lag)
+    end = stats.get("ls_offset", -1)
+    if end < 0:
+        end = stats.get("hi_offset", -1)
+    if end < 0 or stats.get("app_offset", -1) >= 0:
+        return None
+    first = start if start >= 0 else stats.get("lo_offset", -1)
+    return max(end - first, 0) if first >= 0 else None
+
+
 class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
     def __init__(
         self,
@@ -140,6 +160,9 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         conf["error_cb"] = self._on_error
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, partition, self._offset)])
+        # Zero from the start: "no errors" is then a sample, not a missing series.
+        metrics.SOURCE_ERRORS.labels(topic)
+        metrics.EVENTS_IN.labels(topic)
 
     def _on_stats(self, stats_json: str) -> None:
         try:
@@ -155,8 +178,8 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
                 if b.get("nodeid", -1) >= 0
             )
         )
-        lag = stats.get("consumer_lag", -1)
-        if lag >= 0:
+        lag = _lag(stats, self._offset)
+        if lag is not None:
             metrics.CONSUMER_LAG.labels(self._topic, str(self._partition)).set(lag)
 
     def _on_error(self, err: KafkaError) -> None:
@@ -228,10 +251,15 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
             return []
         decoded = decode_values(values, self._fields)
         dlq = None
+        events = len(msgs)
         if decoded.bad_index:
             dlq = self._dead_letters(msgs, values, decoded.bad_index, decoded.bad_reason)
+            # End-of-partition events carry a value (librdkafka's text), so they reach the
+            # decoder and fail there; they are not messages. Live, a caught-up partition
+            # has one between most fetches: counted, they inflated hcp_events_in_total.
+            events -= sum(1 for i in decoded.bad_index if msgs[i].error() is not None)
         self._offset = msgs[-1].offset() + 1
-        metrics.EVENTS_IN.labels(self._topic).inc(len(msgs))
+        metrics.EVENTS_IN.labels(self._topic).inc(events)
         metrics.DECODE_SECONDS.labels(self._kind).observe(time.perf_counter() - started)
         finished = self._once and eof
         if finished:

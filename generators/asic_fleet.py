@@ -132,9 +132,7 @@ class AsicFleet:
         return pl.DataFrame(
             {
                 "ts": ts,
-                "asic_id": static["asic_id"],
-                "site": static["site"],
-                "model": static["model"],
+                **static.to_dict(),
                 "state": STATE_NAMES.gather(cols["state"]),
                 "hashrate_ths": cols["hashrate_ths"],
                 "power_w": cols["power_w"],

@@ -11,16 +11,12 @@ from generators.run import Progress, generate
 from generators.scenario import load_scenario, parse_instant_ms
 from generators.simulation import SimConfig
 from hcp.config import (
-    add_connection_args,
-    add_topic_args,
     env_arg,
     env_flag,
     non_negative_float,
-    non_negative_int,
-    positive_int,
-    speed_value,
 )
 from hcp.errors import ConfigError
+from hcp.settings import add_settings
 from hcp.topics import Topics
 
 __all__ = ["register"]
@@ -44,49 +40,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "The same seed and flags give byte-identical topics."
         ),
     )
-    sim = parser.add_argument_group("simulation")
-    env_arg(sim, "--seed", env="HCP_SEED", default=7, type=int, help="random seed")
-    env_arg(sim, "--gpus", env="HCP_GPUS", default=10, type=non_negative_int, help="GPUs")
-    env_arg(sim, "--asics", env="HCP_ASICS", default=50, type=non_negative_int, help="ASICs")
-    env_arg(
-        sim, "--sites", env="HCP_SITES", default=3, type=positive_int, help="sites (site-01 ...)"
+    add_settings(
+        parser,
+        "seed", "gpus", "asics", "sites", "duration", "speed", "workload_rate", "scenario",
+        helps={"seed": "with --start it also names the run's workload ids (wl-TAG-N)"},
     )
+    sim = parser.add_argument_group("simulation")
     env_arg(
         sim,
         "--start",
         env="HCP_START",
         default="2026-01-01T00:00:00Z",
         help="simulated start time, ISO 8601",
-    )
-    env_arg(
-        sim,
-        "--duration",
-        env="HCP_DURATION",
-        default=600,
-        type=positive_int,
-        help="simulated seconds to generate",
-    )
-    env_arg(
-        sim,
-        "--speed",
-        env="HCP_SPEED",
-        default="1",
-        type=speed_value,
-        help="simulated seconds per wall second: 1 = real time, N = N x faster, max = unthrottled",
-    )
-    env_arg(
-        sim,
-        "--workload-rate",
-        env="HCP_WORKLOAD_RATE",
-        default=6.0,
-        type=non_negative_float,
-        help="workload requests per simulated minute (Poisson)",
-    )
-    env_arg(
-        sim,
-        "--scenario",
-        env="HCP_SCENARIO",
-        help="scenario JSON file, or the name of a bundled one (e.g. demo)",
     )
     env_flag(sim, "--no-market", env="HCP_NO_MARKET", help="do not publish market prices")
     env_flag(sim, "--no-workloads", env="HCP_NO_WORKLOADS", help="no random workload requests")
@@ -105,8 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=non_negative_float,
         help="seconds between progress lines on stderr (0: none)",
     )
-    add_connection_args(parser)
-    add_topic_args(parser)
+    add_settings(parser, "bootstrap", "topic_prefix", "partitions")
     parser.set_defaults(func=run)
 
 
@@ -116,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(str(exc)) from None
     sites = [f"site-{i + 1:02d}" for i in range(args.sites)]
-    scenario = load_scenario(args.scenario, start_ms, sites) if args.scenario else None
+    scenario = (
+        load_scenario(args.scenario, start_ms, sites, args.duration) if args.scenario else None
+    )
     config = SimConfig(
         seed=args.seed,
         gpus=args.gpus,

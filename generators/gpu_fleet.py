@@ -106,9 +106,16 @@ class GpuFleet:
             else 0.6 * self.params.mem_total_gb
         )
 
-    def release(self, gpu: int | str) -> None:
-        """End the GPU's work now (preempted or finished early): it reports idle."""
+    def release(self, gpu: int | str, workload_id: str | None = None) -> None:
+        """End the GPU's work now (preempted or finished early): it reports idle.
+
+        With ``workload_id``, only if the GPU still runs that workload: a stop message
+        for a previous holder (on another partition, so possibly read after the next
+        holder's ``assign``) must not end the new work.
+        """
         i = self.index_of(gpu)
+        if workload_id is not None and self.workload[i] != workload_id:
+            return
         self.state[i] = IDLE
         self.workload[i] = _NULL
         self.until_ms[i] = 0
@@ -206,9 +213,7 @@ class GpuFleet:
         return pl.DataFrame(
             {
                 "ts": ts,
-                "gpu_id": static["gpu_id"],
-                "site": static["site"],
-                "model": static["model"],
+                **static.to_dict(),
                 "state": STATE_NAMES.gather(cols["state"]),
                 "util_pct": cols["util_pct"],
                 "temp_c": cols["temp_c"],

@@ -4,6 +4,9 @@ the router benchmark (the demo uses the generators' fleet through the same inter
 Each GPU runs at most one workload until its ``until_ts_ms``, then reports idle. The fleet
 keeps its own record of violations: an ``assign`` to a GPU that still runs another
 workload is counted in ``double_assignments`` (the router must never cause one).
+
+GPUs listed in ``unresponsive`` model dead agents: they ignore every ``assign`` and keep
+reporting ``idle`` with no workload (each ignored assignment is counted in ``ignored``).
 """
 
 from __future__ import annotations
@@ -36,19 +39,26 @@ class SimFleet:
         self.temp = np.random.default_rng(seed).uniform(40.0, 70.0, n)
         self.double_assignments = 0
         self.completed: set[str] = set()
+        self.unresponsive: set[str] = set()
+        self.ignored: dict[str, int] = {}
 
     # -- the fleet interface the assignment reader drives ---------------------------------
     def assign(
         self, gpu: str, workload_id: str, until_ts_ms: int, mem_gb: float | None = None
     ) -> None:
+        if gpu in self.unresponsive:
+            self.ignored[gpu] = self.ignored.get(gpu, 0) + 1
+            return
         g = self.index[gpu]
         if self.running[g] is not None and self.running[g] != workload_id:
             self.double_assignments += 1
         self.running[g] = workload_id
         self.until[g] = until_ts_ms
 
-    def release(self, gpu: str) -> None:
+    def release(self, gpu: str, workload_id: str | None = None) -> None:
         g = self.index[gpu]
+        if workload_id is not None and self.running[g] != workload_id:
+            return  # a late stop for the previous holder: the new work goes on
         self.running[g] = None
         self.until[g] = 0
 

@@ -78,22 +78,59 @@ def _resolve(path: str | Path) -> Path:
     raise ConfigError(msg)
 
 
-def load_scenario(path: str | Path, start_ms: int, sites: list[str]) -> Scenario:
-    """Load and check a scenario file (or a bundled one by name, e.g. ``demo``)."""
+# Top-level keys of a scenario file and the JSON types each must have.
+_TOP_LEVEL: dict[str, tuple[type, ...]] = {
+    "description": (str,),
+    "random_spikes": (bool,),
+    "events": (list,),
+}
+
+
+def load_scenario(
+    path: str | Path, start_ms: int, sites: list[str], duration_s: int | None = None
+) -> Scenario:
+    """Load and check a scenario file (or a bundled one by name, e.g. ``demo``).
+
+    With ``duration_s`` an event that starts at or after the end of the simulated span is
+    an error too: it would never happen, which is almost always a mistake in the file.
+    """
     file = _resolve(path)
     try:
-        raw = json.loads(file.read_text())
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        msg = f"scenario {file}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise ConfigError(msg) from None
     except (OSError, json.JSONDecodeError) as exc:
         msg = f"scenario {file}: cannot read JSON: {exc}"
-        raise ConfigError(msg) from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("events", []), list):
+        raise ConfigError(msg) from None
+    if not isinstance(raw, dict):
         msg = f"scenario {file}: expected an object with an 'events' list"
         raise ConfigError(msg)
+    unknown = sorted(set(raw) - set(_TOP_LEVEL))
+    if unknown:
+        msg = (
+            f"scenario {file}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+            f"expected {', '.join(map(repr, _TOP_LEVEL))}"
+        )
+        raise ConfigError(msg)
+    for key, types in _TOP_LEVEL.items():
+        if key in raw and not isinstance(raw[key], types):
+            want = {str: "a string", bool: "true or false", list: "a list"}[types[0]]
+            msg = f"scenario {file}: {key!r} must be {want}, got {json.dumps(raw[key])}"
+            raise ConfigError(msg)
     events = [_event(file, i, ev, start_ms, sites) for i, ev in enumerate(raw.get("events", []))]
+    if duration_s is not None:
+        for i, ev in enumerate(events):
+            if ev.start_s >= duration_s:
+                msg = (
+                    f"scenario {file}: event {i} ({ev.type}) starts {ev.start_s} s after "
+                    f"--start, beyond the {duration_s} s of --duration"
+                )
+                raise ConfigError(msg)
     return Scenario(
         name=file.stem,
-        description=str(raw.get("description", "")),
-        random_spikes=bool(raw.get("random_spikes", True)),
+        description=raw.get("description", ""),
+        random_spikes=raw.get("random_spikes", True),
         events=tuple(events),
     )
 

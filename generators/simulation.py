@@ -23,7 +23,7 @@ from generators.gpu_fleet import BUSY, DOWN, IDLE, GpuFleet, GpuParams
 from generators.keys import partitions_for, site_ids, site_of
 from generators.market import Market
 from generators.scenario import Event, Scenario
-from generators.workloads import Burst, WorkloadSource
+from generators.workloads import Burst, WorkloadSource, run_tag
 from hcp.schemas import PRICE_FIELDS, WORKLOAD_FIELDS, polars_schema
 
 __all__ = ["STREAMS", "Batch", "SimConfig", "Simulation"]
@@ -91,7 +91,9 @@ class Simulation:
         self.market = Market(
             self.sites, [self.gpu.params.model], r_market, random_spikes=random_spikes
         )
-        self.work = WorkloadSource(c.workload_rate if c.workloads else 0.0, r_work)
+        self.work = WorkloadSource(
+            c.workload_rate if c.workloads else 0.0, r_work, run_tag(c.seed, c.start_ms)
+        )
         # Devices report at a fixed phase within each second, increasing with the index,
         # so each second's batch (in index order) is already in time order.
         self._gpu_phase = (np.arange(c.gpus, dtype=np.int64) * 1000) // max(c.gpus, 1)

@@ -8,12 +8,13 @@ out (any price goes).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CUSTOMERS", "WorkloadSource"]
+__all__ = ["CUSTOMERS", "WorkloadSource", "run_tag"]
 
 CUSTOMERS = (
     "acme-ai",
@@ -48,13 +49,24 @@ class Burst:
     customer: str | None = None
 
 
+def run_tag(seed: int, start_ms: int) -> str:
+    """Eight hex digits naming one generator run: the same seed and start give the same tag.
+
+    Workload ids are ``wl-{tag}-{n:07d}``. A counter alone restarts at 1 in every run, so a
+    second ``hcp generate`` (a later ``--start``, or another seed) would reuse the ids of
+    the first and the router would reject its requests as transitions of finished work.
+    """
+    return hashlib.sha256(f"{seed}:{start_ms}".encode()).hexdigest()[:8]
+
+
 class WorkloadSource:
     """Draws the workload requests of each simulated second."""
 
-    def __init__(self, rate_per_min: float, rng: np.random.Generator) -> None:
+    def __init__(self, rate_per_min: float, rng: np.random.Generator, tag: str = "") -> None:
         self.rate_per_s = rate_per_min / 60.0
         self.rng = rng
         self.issued = 0
+        self._id_prefix = f"wl-{tag}-" if tag else "wl-"
 
     def step(self, t_ms: int, bursts: list[Burst] | None = None) -> list[dict[str, Any]]:
         """The requests arriving in the second starting at ``t_ms``, in time order."""
@@ -79,7 +91,7 @@ class WorkloadSource:
         u = rng.random(6)
         rec: dict[str, Any] = {
             "ts": ts,
-            "workload_id": f"wl-{self.issued:07d}",
+            "workload_id": f"{self._id_prefix}{self.issued:07d}",
             "customer": spec.customer
             if spec and spec.customer
             else CUSTOMERS[int(u[0] * len(CUSTOMERS))],

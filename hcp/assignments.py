@@ -6,17 +6,22 @@ The router writes one JSON message per decision, keyed by workload id::
      "site": "site-a", "est_duration_s": 600, "action": "assign"}
 
 Optional extra fields: ``mem_gb`` (per GPU) and ``priority``. ``action`` is ``assign``
-(run the workload on every listed GPU until ``ts + est_duration_s * 1000``) or
+(run the workload on every listed GPU until ``ts + est_duration_s * 1000``),
 ``preempt`` (stop it on every listed GPU now; also used to cancel an assignment that never
-started). A GPU simulator closes the loop with
+started) or ``cancel`` (the workload was cancelled: stop it on every listed GPU now; a
+fleet treats it like ``preempt``). A GPU simulator closes the loop with
 :func:`apply_assignment` (one message) or :class:`AssignmentReader` (poll the topic), given
 a fleet object with ``assign(gpu_id, workload_id, until_ts_ms, mem_gb=None)`` and, for
-preemption, ``release(gpu_id)`` (``assign(gpu_id, None, ts)`` is used when it has no
-``release``). ``generators.gpu_fleet.GpuFleet`` offers both.
+preemption, ``release(gpu_id, workload_id=None)``: given the workload id, it stops only
+that workload (``release(gpu_id)`` is called when it takes no ``workload_id``, and
+``assign(gpu_id, None, ts)`` when it has no ``release``). ``generators.gpu_fleet.GpuFleet``
+offers both.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import uuid
@@ -39,7 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("assign", "preempt")
+ACTIONS = ("assign", "preempt", "cancel")
 _REQUIRED = ("v", "ts", "workload_id", "gpu_ids", "site", "est_duration_s", "action")
 
 
@@ -92,12 +97,25 @@ def apply_assignment(fleet: Any, msg: dict[str, Any], now_ms: int | None = None)
             else:
                 fleet.assign(gpu, msg["workload_id"], until, mem_gb=float(mem))
         return
+    # preempt and cancel: stop the work now, but only the named workload's. Messages are
+    # keyed by workload id, so a stop for a GPU's previous holder can arrive after the
+    # assign of its next one (another partition); it must not end the new work.
     release = getattr(fleet, "release", None)
     for gpu in msg["gpu_ids"]:
-        if release is not None:
-            release(gpu)
-        else:
+        if release is None:
             fleet.assign(gpu, None, int(msg["ts"]))
+        elif _takes_workload_id(type(fleet)):
+            release(gpu, workload_id=msg["workload_id"])
+        else:
+            release(gpu)
+
+
+@functools.lru_cache(maxsize=64)
+def _takes_workload_id(fleet_type: type) -> bool:
+    try:
+        return "workload_id" in inspect.signature(getattr(fleet_type, "release", None)).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def produce_assignments(producer: Producer, topic: str, msgs: Iterable[dict[str, Any]]) -> int:

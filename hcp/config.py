@@ -14,18 +14,18 @@ from typing import Any
 from hcp.errors import ConfigError
 
 __all__ = [
-    "add_connection_args",
-    "add_topic_args",
     "env_arg",
     "env_flag",
     "non_negative_float",
     "non_negative_int",
     "positive_int",
+    "redis_url",
     "speed_value",
 ]
 
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-DEFAULT_PG = "postgresql://127.0.0.1:5432/hcp"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 def env_arg(
@@ -62,8 +62,16 @@ def env_flag(
     env: str,
     help: str,
 ) -> None:
-    """Add an on/off switch that is also on when ``env`` is ``1``, ``true`` or ``yes``."""
-    default = os.environ.get(env, "").strip().lower() in {"1", "true", "yes", "on"}
+    """Add an on/off switch that is also on when ``env`` is ``1``, ``true``, ``yes`` or ``on``.
+
+    ``0``, ``false``, ``no``, ``off`` or an empty value mean off; anything else is a
+    configuration error rather than a silent "off".
+    """
+    raw = os.environ.get(env, "").strip().lower()
+    if raw not in _TRUE | _FALSE:
+        msg = f"environment variable {env}={raw!r} is invalid: expected 1/0, true/false, yes/no"
+        raise ConfigError(msg)
+    default = raw in _TRUE
     parser.add_argument(flag, action="store_true", default=default, help=f"{help} [env: {env}]")
 
 
@@ -117,35 +125,24 @@ def speed_value(text: str) -> float:
     return value
 
 
-def add_connection_args(parser: argparse.ArgumentParser) -> None:
-    """The connection flags every subcommand shares."""
-    group = parser.add_argument_group("connections")
-    env_arg(
-        group,
-        "--bootstrap",
-        env="HCP_KAFKA_BOOTSTRAP",
-        default="127.0.0.1:9092",
-        help="Kafka bootstrap servers, host:port[,host:port]",
-    )
-    env_arg(group, "--redis", env="HCP_REDIS_URL", default=DEFAULT_REDIS, help="Redis URL")
-    env_arg(group, "--pg", env="HCP_PG_DSN", default=DEFAULT_PG, help="PostgreSQL DSN")
+def redis_url(text: str) -> str:
+    """Check a Redis URL's form (scheme, port, database number) without connecting.
 
+    The message never repeats the URL: it may carry a password.
+    """
+    from urllib.parse import urlsplit
 
-def add_topic_args(parser: argparse.ArgumentParser) -> None:
-    """Topic naming and creation flags shared by producers and the job."""
-    group = parser.add_argument_group("topics")
-    env_arg(
-        group,
-        "--topic-prefix",
-        env="HCP_TOPIC_PREFIX",
-        default="hcp.",
-        help="prefix of every topic name (SPEC names use 'hcp.')",
-    )
-    env_arg(
-        group,
-        "--partitions",
-        env="HCP_PARTITIONS",
-        default=8,
-        type=positive_int,
-        help="partitions of topics created when missing",
-    )
+    from redis.connection import parse_url
+
+    try:
+        parse_url(text)
+        parts = urlsplit(text)
+        db = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
+    except ValueError as exc:
+        msg = f"not a Redis URL: {exc} (e.g. redis://127.0.0.1:6379/0)"
+        raise argparse.ArgumentTypeError(msg) from None
+    if db and not db.isdigit():
+        msg = f"the Redis database must be a number, got {db!r} (e.g. redis://127.0.0.1:6379/0)"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+

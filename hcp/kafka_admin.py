@@ -10,12 +10,12 @@ import logging
 import time
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from hcp.errors import BrokerUnreachableError, HcpError
 
-__all__ = ["check_broker", "end_offsets", "ensure_topics", "partition_counts"]
+__all__ = ["check_broker", "end_offsets", "ensure_topics", "partition_counts", "topic_names"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,28 @@ def ensure_topics(
         time.sleep(0.05)
 
 
+def split_fetch(batch: list[Message], what: str) -> tuple[list[Message], list[Message]]:
+    """A fetched batch as (records, end-of-partition events); any other error raises.
+
+    ``what`` names the reader in the error (``reading hcp.dlq``). Consumers that find a
+    partition's end through ``enable.partition.eof`` all need this split; the common case
+    of a batch without events costs one pass.
+    """
+    records = [m for m in batch if m.error() is None]
+    if len(records) == len(batch):
+        return records, []
+    eofs: list[Message] = []
+    for m in batch:
+        err = m.error()
+        if err is None:
+            continue
+        if err.code() != KafkaError._PARTITION_EOF:
+            msg = f"{what}: {err.str()}"
+            raise HcpError(msg)
+        eofs.append(m)
+    return records, eofs
+
+
 def end_offsets(
     bootstrap: str, topic: str, partitions: int, timeout_s: float = 30.0
 ) -> dict[int, int]:
@@ -126,3 +148,13 @@ def end_offsets(
         return ends
     finally:
         consumer.close()
+
+
+def topic_names(bootstrap: str, timeout_s: float = 5.0) -> list[str]:
+    """Names of every topic on the broker, sorted (for hints such as a mistyped prefix)."""
+    try:
+        meta = _admin(bootstrap).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        msg = f"Kafka broker at {bootstrap} is unreachable ({exc.args[0].str()}); {_HINT}"
+        raise BrokerUnreachableError(msg) from None
+    return sorted(meta.topics)

@@ -22,6 +22,7 @@ __all__ = [
     "SITE_SCOPED_KINDS",
     "WORKLOAD_FIELDS",
     "WORKLOAD_KINDS",
+    "WORKLOAD_OPS",
     "Field",
     "polars_schema",
 ]
@@ -39,6 +40,8 @@ PRICE_KINDS = (
 )
 SITE_SCOPED_KINDS = ("electricity_usd_mwh", "power_cap_mw")
 WORKLOAD_KINDS = ("inference", "training", "batch")
+# `op` of a workload message (SPEC section 3): absent means `submit`.
+WORKLOAD_OPS = ("submit", "cancel")
 # Latest event time we accept: year 2100. Guards against seconds-vs-ms and garbage.
 MAX_TS_MS = 4_102_444_800_000
 
@@ -54,6 +57,8 @@ class Field:
     hi: float | None = None
     values: tuple[str, ...] | None = None
     nullable: bool = False
+    # Not required on a message whose `op` is `cancel` (it names only the workload).
+    submit_only: bool = False
 
 
 _COMMON = (
@@ -101,12 +106,13 @@ PRICE_FIELDS: tuple[Field, ...] = (
 WORKLOAD_FIELDS: tuple[Field, ...] = (
     *_COMMON,
     Field("workload_id", pl.String),
-    Field("customer", pl.String),
+    Field("op", pl.String, required=False, nullable=True, values=WORKLOAD_OPS),
+    Field("customer", pl.String, submit_only=True),
     Field("kind", pl.String, required=False, nullable=True, values=WORKLOAD_KINDS),
-    Field("priority", pl.Int64, lo=1, hi=10),
-    Field("gpus", pl.Int64, lo=1, hi=1_024),
-    Field("mem_gb", pl.Float64, lo=0, hi=10_000),
-    Field("est_duration_s", pl.Int64, lo=1),
+    Field("priority", pl.Int64, lo=1, hi=10, submit_only=True),
+    Field("gpus", pl.Int64, lo=1, hi=1_024, submit_only=True),
+    Field("mem_gb", pl.Float64, lo=0, hi=10_000, submit_only=True),
+    Field("est_duration_s", pl.Int64, lo=1, submit_only=True),
     Field("max_price_usd_hr", pl.Float64, required=False, nullable=True, lo=0),
 )
 
@@ -197,4 +203,16 @@ WORKLOAD_EVENT_SCHEMA: dict[str, pl.DataType] = {
     "gpus": pl.String(),  # comma-separated GPU ids, "" when none
     "site": pl.String(),
     "reason": pl.String(),
+}
+
+# GPU cordon changes from the router (docs/workloads.md): a GPU that never starts the work
+# it is given is cordoned (`cordoned` true, reason `unresponsive`) until it reports
+# running work (`reported_work`) or its cool-off passes (`cool_off`).
+GPU_HEALTH_SCHEMA: dict[str, pl.DataType] = {
+    "gpu_id": pl.String(),
+    "site": pl.String(),
+    "ts": pl.Int64(),
+    "cordoned": pl.Boolean(),
+    "reason": pl.String(),
+    "since": pl.Int64(),  # when the cordon began
 }

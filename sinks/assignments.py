@@ -15,6 +15,7 @@ from confluent_kafka import KafkaException, Producer
 
 from hcp.assignments import produce_assignments
 from hcp.errors import BrokerUnreachableError
+from hcp.tags import Out
 
 __all__ = ["AssignmentSink"]
 
@@ -31,7 +32,7 @@ class _AssignmentPartition(StatelessSinkPartition[Item]):
         )
 
     def write_batch(self, items: list[Item]) -> None:
-        msgs = [m for tag, payload in items if tag == "assignments" for m in payload]
+        msgs = [m for tag, payload in items if tag == Out.ASSIGNMENTS for m in payload]
         if not msgs:
             return
         produce_assignments(self._producer, self._topic, msgs)

@@ -21,7 +21,8 @@ import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from flows import metrics
+from hcp.tags import Out
+from sinks import metrics
 
 __all__ = ["DlqSink"]
 
@@ -42,7 +43,7 @@ class _DlqPartition(StatelessSinkPartition[tuple]):
             self._errors.append(err)
 
     def write_batch(self, items: list[tuple]) -> None:
-        frames = [df for tag, df in items if tag == "dlq"]
+        frames = [df for tag, df in items if tag == Out.DLQ]
         if not frames:
             return
         rows = pl.concat(frames)

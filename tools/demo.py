@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -25,10 +26,11 @@ import redis
 from generators.run import generate
 from generators.scenario import load_scenario
 from generators.simulation import SimConfig
-from hcp.config import DEFAULT_PG, DEFAULT_REDIS, env_arg, positive_int
+from hcp.config import env_arg
 from hcp.errors import HcpError, SinkUnavailableError
+from hcp.settings import add_settings, default
 from hcp.topics import Topics
-from tools.broker import EmbeddedBroker
+from tools.broker import EmbeddedBroker, free_port
 
 __all__ = ["register"]
 
@@ -48,64 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "job writing to Redis and PostgreSQL. Prints per-site decisions as they change."
         ),
     )
-    env_arg(
+    add_settings(
         parser,
-        "--bootstrap",
-        env="HCP_KAFKA_BOOTSTRAP",
-        default=None,
-        help="Kafka bootstrap; unset = start the embedded broker",
+        "bootstrap", "redis", "pg", "redis_prefix", "topic_prefix",
+        "scenario", "duration", "speed", "gpus", "asics", "sites", "workload_rate", "seed",
+        defaults={"bootstrap": None, "scenario": "demo", "duration": 1200, "speed": 20.0,
+                  "gpus": 24, "workload_rate": 3.0},
+        helps={"bootstrap": "unset = start the embedded broker"},
     )
-    env_arg(parser, "--redis", env="HCP_REDIS_URL", default=DEFAULT_REDIS, help="Redis URL")
-    env_arg(parser, "--pg", env="HCP_PG_DSN", default=DEFAULT_PG, help="PostgreSQL DSN")
-    env_arg(
-        parser,
-        "--redis-prefix",
-        env="HCP_REDIS_PREFIX",
-        default="hcp:",
-        help="prefix of the Redis keys the demo's job writes",
-    )
-    env_arg(
-        parser,
-        "--topic-prefix",
-        env="HCP_TOPIC_PREFIX",
-        default="hcp.",
-        help="prefix of the topic names",
-    )
-    env_arg(
-        parser,
-        "--scenario",
-        env="HCP_SCENARIO",
-        default="demo",
-        help="scenario file, or the name of a bundled one",
-    )
-    env_arg(
-        parser,
-        "--duration",
-        env="HCP_DURATION",
-        default=1200,
-        type=positive_int,
-        help="simulated seconds",
-    )
-    env_arg(
-        parser,
-        "--speed",
-        env="HCP_DEMO_SPEED",
-        default=20.0,
-        type=float,
-        help="simulated seconds per wall second",
-    )
-    env_arg(parser, "--gpus", env="HCP_GPUS", default=24, type=positive_int, help="GPUs")
-    env_arg(
-        parser,
-        "--workload-rate",
-        env="HCP_WORKLOAD_RATE",
-        default=3.0,
-        type=float,
-        help="workload requests per simulated minute",
-    )
-    env_arg(parser, "--asics", env="HCP_ASICS", default=50, type=positive_int, help="ASICs")
-    env_arg(parser, "--sites", env="HCP_SITES", default=3, type=positive_int, help="sites")
-    env_arg(parser, "--seed", env="HCP_SEED", default=7, type=int, help="random seed")
     env_arg(
         parser,
         "--api-port",
@@ -179,11 +131,12 @@ def _play(
     gen.start()
     _wait_for_topics(bootstrap, topics, failure)
     env = dict(os.environ)
+    metrics_port = _metrics_port()
     job = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "hcp",
+            "tools",
             "run",
             "--bootstrap",
             bootstrap,
@@ -199,12 +152,18 @@ def _play(
             "3",
             "--lateness-s",
             "2",
+            # The router decides about a window plus the job's wall-clock lag (times the
+            # speed-up) behind the simulator, so give GPUs that long to start work.
+            "--assign-timeout-s",
+            str(_assign_timeout_s(args.speed)),
             "--metrics-port",
-            "9464",
+            str(metrics_port),
         ],
         env=env,
     )
-    print("streaming job started (metrics on http://127.0.0.1:9464/metrics)", flush=True)
+    print(
+        f"streaming job started (metrics on http://127.0.0.1:{metrics_port}/metrics)", flush=True
+    )
     api = _start_api(args, bootstrap)
     last_view = ""
     deadline = time.monotonic() + args.duration / args.speed + 45
@@ -239,8 +198,26 @@ def _play(
                 job.wait()
     if failure:
         raise HcpError(f"simulators failed: {failure[0]}")
-    print(f"demo finished; job exit code {job.returncode}. Try `hcp recommendations`.", flush=True)
+    print(
+        f"demo finished; job exit code {job.returncode}. Try `{_closing_hint(args)}`.",
+        flush=True,
+    )
     return 0 if job.returncode == 0 else 1
+
+
+def _assign_timeout_s(speed: float) -> float:
+    """120 s of event time plus 10 wall seconds of job lag at ``speed``."""
+    return 120.0 + 10.0 * (speed if speed != float("inf") else 60.0)
+
+
+def _metrics_port(preferred: int = 9464) -> int:
+    """The usual /metrics port, or a free one: `hcp run` refuses a port it cannot bind."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
 
 
 def _start_api(args: argparse.Namespace, bootstrap: str) -> subprocess.Popen | None:
@@ -250,13 +227,11 @@ def _start_api(args: argparse.Namespace, bootstrap: str) -> subprocess.Popen | N
     import psycopg
 
     from api.keys import create_key
-    from tools.broker import free_port
-
     port = args.api_port if not _port_taken(args.api_port) else free_port()
     with psycopg.connect(args.pg, autocommit=True) as conn:
         key_id, key = create_key(conn, "admin", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.cli", "--log-level", "WARNING", "api", "--port", str(port),
+        [sys.executable, "-m", "tools", "--log-level", "WARNING", "api", "--port", str(port),
          "--bootstrap", bootstrap, "--redis", args.redis, "--pg", args.pg,
          "--redis-prefix", args.redis_prefix, "--topic-prefix", args.topic_prefix],
     )
@@ -267,10 +242,11 @@ def _start_api(args: argparse.Namespace, bootstrap: str) -> subprocess.Popen | N
 
 
 def _port_taken(port: int) -> bool:
-    try:
-        socket.create_server(("127.0.0.1", port)).close()
-    except OSError:
-        return True
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
     return False
 
 
@@ -287,17 +263,23 @@ def _wait_for_topics(bootstrap: str, topics: Topics, failure: list[BaseException
 
 
 def _view(client: redis.Redis, prefix: str, sites: list[str]) -> str:
-    """One block per window: per site what the job decided and what it earns."""
+    """One block per window: per site what the job decided, the prices it decided on and
+    what it earns.
+
+    Prices and caps come from that window's recommendations (each carries the prices it
+    used), not from the ``prices`` hash: that holds the newest prices, which at a
+    simulated speed of 20x are often minutes ahead of the window being shown.
+    """
     fleet = client.hgetall(f"{prefix}summary:fleet")
     if not fleet:
         return ""
-    prices = client.hgetall(f"{prefix}prices")
     end = int(float(fleet.get("window_end", 0)))
+    btc, used = _window_prices(client, prefix, end)
     when = datetime.fromtimestamp(end / 1000, UTC).strftime("%H:%M")
     net = float(fleet.get("net_usd_hr", 0))
     lines = [
         f"-- window ending {when} (sim) -- fleet net {net:,.2f} $/h -- "
-        f"BTC {float(prices.get('btc_usd', 0)):,.0f} $ -- "
+        f"BTC {btc or 0:,.0f} $ -- "
         f"workloads: {_workload_counts(client, prefix)}"
     ]
     for site in sites:
@@ -309,16 +291,52 @@ def _view(client: redis.Redis, prefix: str, sites: list[str]) -> str:
             for a in ACTIONS
             if int(float(s.get(f"n_{a}", 0)))
         )
-        elec = prices.get(f"electricity_usd_mwh:{site}")
-        cap = prices.get(f"power_cap_mw:{site}")
+        elec, cap = used.get(site, (None, None))
         # A lifted cap is published as one no site can reach (docs/generators.md).
-        extra = f" cap {float(cap) * 1000:.0f} kW" if cap and float(cap) < 1.0 else ""
+        extra = f" cap {cap * 1000:.0f} kW" if cap is not None and cap < 1.0 else ""
         net = float(s.get("net_usd_hr", 0))
         lines.append(
-            f"  {site}: electricity {float(elec or 0):6.1f} $/MWh{extra} | net {net:8.2f} $/h"
+            f"  {site}: electricity {elec or 0:6.1f} $/MWh{extra} | net {net:8.2f} $/h"
             f" | {counts}"
         )
     return "\n".join(lines)
+
+
+def _window_prices(
+    client: redis.Redis, prefix: str, end_ms: int
+) -> tuple[float | None, dict[str, tuple[float | None, float | None]]]:
+    """BTC price and per-site (electricity, power cap) the window ending ``end_ms`` used.
+
+    Read from the window's entries in the recommendation stream (ids ``{end_ms}-{seq}``);
+    the first device of a site that saw a price speaks for the site, as every device of a
+    site decides on the same prices.
+    """
+    btc: float | None = None
+    used: dict[str, tuple[float | None, float | None]] = {}
+    for _id, rec in client.xrange(f"{prefix}recommendations", str(end_ms), str(end_ms)):
+        btc = btc if btc is not None else _number(rec.get("btc_usd"))
+        site = rec.get("site", "")
+        elec, cap = used.get(site, (None, None))
+        used[site] = (
+            elec if elec is not None else _number(rec.get("electricity_usd_mwh")),
+            cap if cap is not None else _number(rec.get("power_cap_mw")),
+        )
+    return btc, used
+
+
+def _number(text: str | None) -> float | None:
+    """A stream field as a float; the sink writes a missing price as ``""``."""
+    return float(text) if text else None
+
+
+def _closing_hint(args: argparse.Namespace) -> str:
+    """The command to look at the results, with the Redis settings the demo used."""
+    flags = []
+    if args.redis != default("redis"):
+        flags += ["--redis", args.redis]
+    if args.redis_prefix != default("redis_prefix"):
+        flags += ["--redis-prefix", args.redis_prefix]
+    return shlex.join(["hcp", "recommendations", *flags])
 
 
 def _workload_counts(client: redis.Redis, prefix: str) -> str:

@@ -19,6 +19,7 @@ from flows.profitability import kernels as k
 from flows.profitability.shard import NEG_INF, POS_INF
 from flows.source import shutdown_requested
 from hcp.schemas import REC_SCHEMA, WINDOW_SCHEMA
+from hcp.tags import Out
 
 __all__ = ["FleetLogic", "FleetState", "apply_power_caps"]
 
@@ -84,7 +85,7 @@ class FleetLogic(StatefulBatchLogic[tuple, tuple, bytes]):
                 self.s.shard_wm[shard] = max(wm, self.s.shard_wm.get(shard, NEG_INF))
         wm = min((self.s.shard_wm.get(s, NEG_INF) for s in self.shards), default=NEG_INF)
         if NEG_INF < wm < POS_INF:
-            metrics.WATERMARK.set(wm)
+            metrics.WATERMARK.set(wm / 1000.0)
         return self._emit_ready(wm), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple], bool]:
@@ -94,6 +95,7 @@ class FleetLogic(StatefulBatchLogic[tuple, tuple, bytes]):
         return self._emit_ready(POS_INF), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
+        metrics.SNAPSHOT_TIME.set_to_current_time()
         return pickle.dumps(self.s, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _emit_ready(self, wm: int) -> list[tuple]:
@@ -107,13 +109,14 @@ class FleetLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             df = apply_power_caps(pl.concat(frames, how="diagonal_relaxed").sort("device_id"))
             for action, n in df["action"].value_counts().iter_rows():
                 metrics.RECOMMENDATIONS.labels(action).inc(n)
-            out.append(("windows", _conform(df, WINDOW_SCHEMA)))
-            out.append(("recs", _conform(df, REC_SCHEMA)))
+            metrics.observe_window(df)
+            out.append((Out.WINDOWS, _conform(df, WINDOW_SCHEMA)))
+            out.append((Out.RECS, _conform(df, REC_SCHEMA)))
         # After the recs it covers, on the same stream, so the router never sees a
         # watermark before the recommendations of the windows it closes.
         if wm > getattr(self.s, "emitted_wm", NEG_INF):  # absent in older snapshots
             self.s.emitted_wm = wm
-            out.append(("fleet_wm", wm))
+            out.append((Out.FLEET_WM, wm))
         return out
 
 

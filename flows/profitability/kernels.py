@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from hcp.schemas import ASIC_STATES, GPU_STATES
+
 __all__ = [
     "ACTIONS",
     "ASIC_FIELDS_N",
@@ -18,9 +20,11 @@ __all__ = [
     "accumulate_asic",
     "accumulate_gpu",
     "asic_decisions",
+    "asic_switch",
     "gpu_decisions",
     "late_mask",
     "power_cap_keep",
+    "usd_per_th_hour",
 ]
 
 ACTIONS = ("mine", "curtail", "serve", "offer", "power_down")
@@ -56,9 +60,12 @@ GPU_FIELDS_N = 6
 ) = range(11)
 ASIC_FIELDS_N = 11
 
-# GPU state codes follow hcp.schemas.GPU_STATES, ASIC codes hcp.schemas.ASIC_STATES.
-GPU_BUSY, GPU_IDLE, GPU_DOWN = 0, 1, 2
-ASIC_MINING = 0
+# State codes are positions in the contract's state lists, as the shards encode them;
+# Numba freezes these module-level ints into the kernels at compile time.
+GPU_BUSY, GPU_IDLE, GPU_DOWN = (GPU_STATES.index(s) for s in ("busy", "idle", "down"))
+ASIC_MINING, ASIC_CURTAILED, ASIC_FAULT = (
+    ASIC_STATES.index(s) for s in ("mining", "curtailed", "fault")
+)
 
 TWO_32 = 4294967296.0
 
@@ -164,6 +171,46 @@ def _put_figures(
 
 
 @njit(cache=True, nogil=True)
+def usd_per_th_hour(
+    btc_usd: float, difficulty: float, block_reward: float, pool_fee: float
+) -> float:
+    """Mining revenue of 1 TH/s for one hour (contract section 2), NaN without a price."""
+    return 1e12 * 3600.0 * block_reward / (difficulty * TWO_32) * btc_usd * (1.0 - pool_fee)
+
+
+@njit(cache=True, nogil=True)
+def asic_switch(
+    cur: int,
+    last_switch: int,
+    e_net: float,
+    e_rev: float,
+    hysteresis: float,
+    dwell_ms: int,
+    window_end: int,
+) -> tuple[int, int, int]:
+    """The mine/curtail rule of one ASIC (contract section 3), the only copy of it.
+
+    Switch only when the expected net passes the margin in the new direction and the
+    dwell time since the last switch has passed. Returns (action, reason, last switch).
+    """
+    if np.isnan(e_net):
+        return cur, NO_PRICE, last_switch
+    margin = hysteresis * e_rev
+    want = cur
+    if cur == MINE and e_net < -margin:
+        want = CURTAIL
+    elif cur == CURTAIL and e_net > margin:
+        want = MINE
+    if want != cur:
+        if last_switch < 0 or window_end - last_switch >= dwell_ms:
+            return want, (PROFITABLE if want == MINE else UNPROFITABLE), window_end
+        return cur, HYSTERESIS_HOLD, last_switch
+    if (cur == MINE and e_net >= 0) or (cur == CURTAIL and e_net <= 0):
+        return cur, (PROFITABLE if cur == MINE else UNPROFITABLE), last_switch
+    return cur, HYSTERESIS_HOLD, last_switch
+
+
+@njit(cache=True, nogil=True)
 def asic_decisions(
     mean_hash: np.ndarray,
     mean_power: np.ndarray,
@@ -193,9 +240,7 @@ def asic_decisions(
     updated in place. ``out`` rows: revenue, cost, net, score, expected revenue, cost,
     net, power.
     """
-    usd_per_th_hr = (
-        1e12 * 3600.0 * block_reward / (difficulty * TWO_32) * btc_usd * (1.0 - pool_fee)
-    )
+    usd_per_th_hr = usd_per_th_hour(btc_usd, difficulty, block_reward, pool_fee)
     for i in range(mean_hash.shape[0]):
         if not np.isnan(mining_hash[i]) and mining_hash[i] > 0:
             exp_hash[i] = mining_hash[i]
@@ -207,32 +252,13 @@ def asic_decisions(
         e_cost = exp_power[i] / 1e6 * elec
         e_net = e_rev - e_cost
         _put_figures(out, i, revenue, cost, e_rev, e_cost, exp_power[i])
-        cur = action[i]
-        if np.isnan(e_net):
-            out_action[i] = cur
-            out_reason[i] = NO_PRICE
-            continue
-        margin = hysteresis * e_rev
-        want = cur
-        if cur == MINE and e_net < -margin:
-            want = CURTAIL
-        elif cur == CURTAIL and e_net > margin:
-            want = MINE
-        if want != cur:
-            if last_switch[i] < 0 or window_end - last_switch[i] >= dwell_ms:
-                action[i] = want
-                last_switch[i] = window_end
-                out_action[i] = want
-                out_reason[i] = PROFITABLE if want == MINE else UNPROFITABLE
-            else:
-                out_action[i] = cur
-                out_reason[i] = HYSTERESIS_HOLD
-        elif (cur == MINE and e_net >= 0) or (cur == CURTAIL and e_net <= 0):
-            out_action[i] = cur
-            out_reason[i] = PROFITABLE if cur == MINE else UNPROFITABLE
-        else:
-            out_action[i] = cur
-            out_reason[i] = HYSTERESIS_HOLD
+        a, reason, switched = asic_switch(
+            action[i], last_switch[i], e_net, e_rev, hysteresis, dwell_ms, window_end
+        )
+        action[i] = a
+        last_switch[i] = switched
+        out_action[i] = a
+        out_reason[i] = reason
 
 
 @njit(cache=True, nogil=True)

@@ -4,6 +4,11 @@ GPUs get a dense index the first time they report; arrays grow by doubling. Each
 holds the latest report by event time (an older report never overwrites a newer one).
 ``holder[g]`` is the workload the router gave GPU ``g`` to (assigned or running), the only
 source of truth for "who has this GPU" on the router side.
+
+Health (docs/workloads.md, "GPUs that never start work"): ``misses[g]`` counts the
+assignments in a row that GPU ``g`` never started; it gets no new work before
+``hold_until[g]`` (a back-off, or the cool-off of a cordon), and ``cordoned[g]`` is set
+from ``cordon_since[g]`` until it reports running work or the cool-off passes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import polars as pl
 
 from flows.router.kernels import gpu_scores
 
-__all__ = ["BUSY", "DOWN", "IDLE", "UNKNOWN", "FleetState"]
+__all__ = ["BUSY", "DOWN", "IDLE", "UNKNOWN", "GpuRoster"]
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +28,7 @@ UNKNOWN, IDLE, BUSY, DOWN = 0, 1, 2, 3
 _STATE_CODE = {"idle": IDLE, "busy": BUSY, "down": DOWN}
 
 
-class FleetState:
+class GpuRoster:
     """Latest status of every GPU seen, spot prices per model, electricity per site."""
 
     def __init__(self, capacity: int = 64) -> None:
@@ -62,6 +67,10 @@ class FleetState:
         grow("last_ts", np.int64, -1)
         grow("power_down", np.bool_, False)
         grow("reserved", np.bool_, False)
+        grow("misses", np.int64, 0)
+        grow("hold_until", np.int64, 0)
+        grow("cordoned", np.bool_, False)
+        grow("cordon_since", np.int64, 0)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -165,6 +174,10 @@ class FleetState:
             & ~self.power_down[:n]
             & ~self.reserved[:n]
         )
+
+    def held_mask(self, now: int) -> np.ndarray:
+        """GPUs backing off or cordoned at event time ``now``: offered no new work."""
+        return self.hold_until[: len(self.ids)] > now
 
     def usable_mask(self) -> np.ndarray:
         """GPUs that could take work once emptied: known, not down, not powering down."""

@@ -29,6 +29,7 @@ from bytewax.operators import StatefulBatchLogic
 from flows.router.clock import GPU_COLUMNS, RouterClock
 from flows.router.router import Router, RouterConfig
 from flows.source import KafkaBatchSource, SourceBatch, shutdown_requested
+from hcp.tags import Out
 from sinks.assignments import AssignmentSink
 
 __all__ = [
@@ -50,8 +51,9 @@ class RouterLogic(StatefulBatchLogic[tuple, tuple, bytes]):
 
     Items: ``("src", kind, input_id, rows, eof, idle)`` (a source fetch or heartbeat),
     ``("recs", df)`` (recommendations with ``window_end``) and ``("fleet_wm", wm)`` (the
-    fleet stage's closed-window boundary). Emits ``("workload_events", df)`` and
-    ``("assignments", [message, ...])``.
+    fleet stage's closed-window boundary). Emits ``("workload_events", df)``,
+    ``("assignments", [message, ...])`` and ``("gpu_health", df)`` (cordon changes,
+    ``hcp.schemas.GPU_HEALTH_SCHEMA``).
     """
 
     def __init__(self, clock: RouterClock) -> None:
@@ -68,9 +70,9 @@ class RouterLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             if tag == "src":
                 _, kind, input_id, rows, eof, idle = item
                 c.add_batch(kind, input_id, rows, eof, idle)
-            elif tag == "recs":
+            elif tag == Out.RECS:
                 c.add_recs(item[1])
-            elif tag == "fleet_wm":
+            elif tag == Out.FLEET_WM:
                 c.add_fleet_wm(item[1])
         c.advance()
         return self._drain(), StatefulBatchLogic.RETAIN
@@ -86,9 +88,12 @@ class RouterLogic(StatefulBatchLogic[tuple, tuple, bytes]):
         events, msgs = self.clock.router.drain()
         out: list[tuple] = []
         if events.height:
-            out.append(("workload_events", events))
+            out.append((Out.WORKLOAD_EVENTS, events))
         if msgs:
-            out.append(("assignments", msgs))
+            out.append((Out.ASSIGNMENTS, msgs))
+        health = self.clock.router.drain_health()
+        if health.height:
+            out.append((Out.GPU_HEALTH, health))
         return out
 
     def snapshot(self) -> bytes:
@@ -108,14 +113,14 @@ def _router_items(batch: SourceBatch) -> list[tuple[str, tuple]]:
 def _rec_items(item: Any) -> list[tuple[str, tuple]]:
     if not (isinstance(item, tuple) and len(item) == 2):
         return []
-    if item[0] == "fleet_wm":
-        return [(_KEY, ("fleet_wm", int(item[1])))]
-    if item[0] == "recs":
+    if item[0] == Out.FLEET_WM:
+        return [(_KEY, (Out.FLEET_WM, int(item[1])))]
+    if item[0] == Out.RECS:
         df = item[1]
         if isinstance(df, pl.DataFrame) and df.height and "action" in df.columns:
             cols = [c for c in ("device_id", "device_type", "action", "window_end")
                     if c in df.columns]
-            return [(_KEY, ("recs", df.select(cols)))]
+            return [(_KEY, (Out.RECS, df.select(cols)))]
     return []
 
 
@@ -195,10 +200,11 @@ def build_router_flow(settings: Any, config: RouterConfig | None = None) -> Data
     batches = op.input("kafka", flow, source)
     if config is None:
         # Late means the same here as in the profitability flow: --lateness-s.
-        config = RouterConfig(lateness_ms=settings.lateness_ms)
+        config = RouterConfig(lateness_ms=settings.lateness_ms,
+                              assign_timeout_s=settings.assign_timeout_s)
     out = add_router_branch(batches, None, config, router_inputs(source))
     dlq = op.flat_map(
-        "router_dlq", batches, lambda b: [("dlq", b.dlq)] if b.dlq.height else []
+        "router_dlq", batches, lambda b: [(Out.DLQ, b.dlq)] if b.dlq.height else []
     )
     everything = op.merge("router_outputs", out, dlq)
     from sinks.dlq import DlqSink

@@ -193,12 +193,15 @@ def assign_greedy(
     n_sites: int,
     temp_max: float,
     block: np.ndarray,
+    avoid_ptr: np.ndarray,
+    avoid_gpu: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Place workloads in the given order; ``free`` is updated in place.
 
     A workload with ``block[w]`` set that cannot be placed stops the round: nothing behind
     it is placed (the router's starvation guard, so small jobs cannot keep taking the GPUs
-    a long-waiting large job needs).
+    a long-waiting large job needs). Workload ``w`` never gets the GPUs
+    ``avoid_gpu[avoid_ptr[w]:avoid_ptr[w + 1]]`` (GPUs that never started it before).
 
     Returns ``(start, gpus)``: workload ``w`` got ``gpus[start[w]:start[w] + need_gpus[w]]``
     when ``start[w] >= 0``, nothing when ``start[w] == -1``. Same result as calling
@@ -220,10 +223,12 @@ def assign_greedy(
     c_spot = np.empty(m, dtype=np.float64)
     c_site = np.empty(m, dtype=np.int64)
     c_score = np.empty(m, dtype=np.float64)
+    pos_of = np.full(order.shape[0], -1, dtype=np.int64)
     j = 0
     for i in range(order.shape[0]):
         g = order[i]
         if free[g] and temp[g] < temp_max:
+            pos_of[g] = j
             c_gpu[j] = g
             c_mem[j] = mem_free[g]
             c_spot[j] = spot[g]
@@ -240,6 +245,7 @@ def assign_greedy(
     count = np.zeros(n_sites, dtype=np.int64)
     total = np.zeros(n_sites, dtype=np.float64)
     first = np.full(n_sites, -1, dtype=np.int64)
+    avoid_gpu_tmp = np.empty(max(1, avoid_gpu.shape[0]), dtype=np.int64)
     pos = 0
     for w in range(nw):
         k = need_gpus[w]
@@ -260,6 +266,14 @@ def assign_greedy(
             continue
         while head < m and taken[head]:
             head += 1
+        # Hide this workload's avoided GPUs for its own search only (head already moved).
+        hidden = 0
+        for a in range(avoid_ptr[w], avoid_ptr[w + 1]):
+            p = pos_of[avoid_gpu[a]]
+            if p >= 0 and not taken[p]:
+                taken[p] = True
+                avoid_gpu_tmp[hidden] = p
+                hidden += 1
         found = -1
         if k == 1:
             for i in range(head, m):
@@ -311,6 +325,8 @@ def assign_greedy(
                         n += 1
                         if n == k:
                             break
+        for a in range(hidden):
+            taken[avoid_gpu_tmp[a]] = False
         if found >= 0:
             start[w] = pos
             pos += k
@@ -320,7 +336,7 @@ def assign_greedy(
         else:
             if block[w]:
                 break
-            if n_fail < 64:
+            if hidden == 0 and n_fail < 64:  # failing only for its own avoids proves nothing
                 fail_k[n_fail] = k
                 fail_mem[n_fail] = mem
                 fail_maxp[n_fail] = maxp

@@ -1,44 +1,33 @@
-"""A 10-level priority queue, FIFO within a level, with aging against starvation.
+"""A 10-level priority queue, FIFO within a level; higher base priority always goes first.
 
 Each base priority 1..10 has its own list kept in ``(submit_ts, workload_id)`` order, so a
-level is FIFO by submit time (a preempted job returns with its original submit time and
-so with its age). Aging: at event time ``now`` an entry's effective priority is
+level is FIFO by submit time (a preempted or timed-out job returns with its original
+submit time and so with its age). The global order is base priority (high first), then
+submit ts, then workload id: a 10-way concatenation of the level lists.
 
-    min(10, priority + (now - submit_ts) // aging_ms)
-
-with ``aging_ms`` = :data:`DEFAULT_AGING_S` (120 s) by default: a priority-1 job reaches
-priority 10 after 18 minutes of waiting, then it is served before every newer request.
-The global order is effective priority (high first), then submit ts, then workload id;
-within one level that is plain submit order, so the global order is a 10-way merge of the
-level lists, computed lazily at each routing round.
+Why no cross-level aging: aging that lifts old low-priority work above fresh
+high-priority work inverts priorities (a priority-1 job queued an hour earlier went
+ahead of a fresh priority-10 one). Age still matters in two bounded ways: it orders each
+level (oldest first), and the router's starvation guard (``RouterConfig
+.starvation_guard_s``) lets a job that has waited that long stop everything queued behind
+it from taking the GPUs it needs, so a large job cannot be starved by backfilled small
+ones. Work of a higher base priority is never held back by it (docs/workloads.md).
 """
 
 from __future__ import annotations
 
-import heapq
 from bisect import bisect_left, insort
 from collections.abc import Iterator
 
-__all__ = ["DEFAULT_AGING_S", "LEVELS", "AgingQueue", "effective_priority"]
+__all__ = ["LEVELS", "AgingQueue"]
 
 LEVELS = 10
-DEFAULT_AGING_S = 120
-
-
-def effective_priority(priority: int, submit_ts: int, now: int, aging_ms: int) -> int:
-    """The aged priority of one entry (see the module docstring)."""
-    waited = max(0, now - submit_ts)
-    return min(LEVELS, priority + waited // aging_ms)
 
 
 class AgingQueue:
-    """Queued workload ids in 10 levels; iteration order depends on the event time."""
+    """Queued workload ids in 10 levels, oldest first within a level."""
 
-    def __init__(self, aging_s: float = DEFAULT_AGING_S) -> None:
-        if aging_s <= 0:
-            msg = f"aging interval must be positive, got {aging_s}"
-            raise ValueError(msg)
-        self.aging_ms = int(aging_s * 1000)
+    def __init__(self) -> None:
         self._levels: list[list[tuple[int, str]]] = [[] for _ in range(LEVELS)]
         self._where: dict[str, tuple[int, int]] = {}
 
@@ -82,18 +71,13 @@ class AgingQueue:
         """Entries per base priority 1..10."""
         return [len(level) for level in self._levels]
 
-    def ordered(self, now: int) -> Iterator[tuple[int, int, str]]:
-        """``(effective_priority, submit_ts, workload_id)`` best first, at event time ``now``."""
-        aging = self.aging_ms
+    def oldest_submit_ts(self) -> int | None:
+        """The earliest submit ts of any queued entry (None when empty)."""
+        heads = [level[0][0] for level in self._levels if level]
+        return min(heads) if heads else None
 
-        def level_iter(prio: int, level: list[tuple[int, str]]) -> Iterator[tuple[int, int, str]]:
-            for ts, wid in level:
-                waited = now - ts
-                eff = prio + (waited // aging if waited > 0 else 0)
-                yield (-(eff if eff < LEVELS else LEVELS), ts, wid)
-
-        merged = heapq.merge(
-            *(level_iter(p + 1, lvl) for p, lvl in enumerate(self._levels) if lvl)
-        )
-        for neg_eff, ts, wid in merged:
-            yield (-neg_eff, ts, wid)
+    def ordered(self) -> Iterator[tuple[int, int, str]]:
+        """``(priority, submit_ts, workload_id)`` best first."""
+        for p in range(LEVELS, 0, -1):
+            for ts, wid in self._levels[p - 1]:
+                yield (p, ts, wid)

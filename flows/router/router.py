@@ -11,6 +11,12 @@ Telemetry drives the late states: an assigned workload becomes ``running`` when 
 its GPUs reports its id, ``completed`` when one of its GPUs reports idle after it started,
 ``failed`` when one of its GPUs goes down while it runs. Assigned work whose GPU goes down
 or that no GPU reports within ``assign_timeout_s`` goes back to the queue.
+
+A GPU that never starts its assigned work is not offered that workload again, backs off
+(``assign_timeout_s`` doubling per miss) and after ``cordon_after`` misses in a row is
+cordoned (reason ``unresponsive``) until it reports running work or ``cordon_s`` pass.
+Requests with ``op`` = ``cancel`` end a workload in ``cancelled`` from any non-terminal
+state; every queued workload carries a pending reason (:mod:`flows.router.pending`).
 """
 
 from __future__ import annotations
@@ -25,23 +31,27 @@ import polars as pl
 from prometheus_client import Counter, Gauge
 
 from flows import metrics
+from flows.metrics import GPUS_CORDONED, WORKLOAD_OLDEST_QUEUED_AGE, WORKLOADS_QUEUED
 from flows.router.classify import classify
-from flows.router.fleet import FleetState
+from flows.router.fleet import GpuRoster
 from flows.router.kernels import (
     DEFAULT_POWER_KW,
     DEFAULT_TEMP_MAX_C,
     assign_greedy,
     gpu_order,
 )
+from flows.router.pending import pending_reasons, unschedulable
 from flows.router.preempt import Candidate, choose_victims
-from flows.router.queue import DEFAULT_AGING_S, AgingQueue
-from flows.router.states import StateMachine, Workload
+from flows.router.queue import AgingQueue
+from flows.router.states import TERMINAL, StateMachine, Workload
+from hcp.schemas import GPU_HEALTH_SCHEMA
 
 __all__ = ["Router", "RouterConfig"]
 
 log = logging.getLogger(__name__)
 
 ASSIGNMENTS = Counter("hcp_workload_assignments", "Assignment messages sent", ["action"])
+# Kept for existing dashboards; hcp_workloads_queued (flows/metrics.py) is the same number.
 QUEUED = Gauge("hcp_workload_queued", "Workloads waiting in the router queue")
 
 
@@ -49,7 +59,6 @@ QUEUED = Gauge("hcp_workload_queued", "Workloads waiting in the router queue")
 class RouterConfig:
     """Router tunables; times are event-time seconds."""
 
-    aging_s: float = DEFAULT_AGING_S
     urgent_priority: int = 8
     min_runtime_s: float = 300.0
     temp_max_c: float = DEFAULT_TEMP_MAX_C
@@ -59,6 +68,11 @@ class RouterConfig:
     # A job that has been at effective priority 10 this long and still does not fit stops
     # backfilling behind it, so it gets GPUs as they free up (None turns the guard off).
     starvation_guard_s: float | None = 1800.0
+    # GPU health: after a GPU misses (never starts) an assignment it gets no new work for
+    # assign_timeout_s * 2**(misses - 1); after cordon_after misses in a row it is
+    # cordoned for cordon_s, or until it reports running work.
+    cordon_after: int = 3
+    cordon_s: float = 1800.0
     # Event-time clock of the dataflow (flows/router/clock.py): routing rounds happen at
     # the end of each tick_ms tick, and inputs further than lateness_ms behind their
     # partition's newest event are dropped (as in the profitability shards).
@@ -71,8 +85,8 @@ class Router:
 
     def __init__(self, config: RouterConfig | None = None) -> None:
         self.config = config or RouterConfig()
-        self.fleet = FleetState()
-        self.queue = AgingQueue(self.config.aging_s)
+        self.fleet = GpuRoster()
+        self.queue = AgingQueue()
         self.machine = StateMachine()
         self.workloads: dict[str, Workload] = {}
         self.active: dict[str, Workload] = {}  # assigned or running
@@ -81,27 +95,41 @@ class Router:
         # Base priority of the most urgent job the last round could not place, or 0: while
         # it waits, running work becoming old enough to preempt is a timer.
         self._urgent_waiting = 0
+        # (gpu_id, site, ts, cordoned, reason, since): cordon changes since the last drain.
+        self._health: list[tuple[str, str, int, bool, str, int]] = []
 
     # -- inputs -------------------------------------------------------------------------
     def _tick(self, ts: int) -> None:
         self.now = max(self.now, int(ts))
 
     def on_requests(self, df: pl.DataFrame) -> None:
-        """Submit and queue each request.
+        """Submit and queue each request, or cancel (``op`` = ``cancel``), in ts order.
 
         A known workload id is an invalid transition, unless the request is the same one
         again (same ts and customer: a replayed Kafka message), which is ignored.
         """
         if df.height == 0:
             return
-        df = classify(df).sort("ts", maintain_order=True)
+        df = df.with_row_index("_row").sort("ts", maintain_order=True)
+        cancels: list[tuple[int, int, str]] = []
+        if "op" in df.columns:
+            is_cancel = pl.col("op") == "cancel"
+            cancels = list(zip(*(df.filter(is_cancel)[c].to_list()
+                                 for c in ("ts", "_row", "workload_id")), strict=True))
+            df = df.filter(~is_cancel.fill_null(False))
+        if df.height:
+            df = classify(df)
         if "max_price_usd_hr" not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("max_price_usd_hr"))
         cols = ("workload_id", "customer", "kind", "priority", "gpus", "mem_gb",
-                "est_duration_s", "max_price_usd_hr", "ts")
-        for wid, cust, kind, prio, gpus, mem, dur, maxp, ts in zip(
-            *(df[c].to_list() for c in cols), strict=True
+                "est_duration_s", "max_price_usd_hr", "ts", "_row")
+        ci = 0
+        for wid, cust, kind, prio, gpus, mem, dur, maxp, ts, row in zip(
+            *(df[name].to_list() for name in cols), strict=True
         ):
+            while ci < len(cancels) and cancels[ci][:2] < (ts, row):
+                self._cancel(cancels[ci][2], cancels[ci][0])
+                ci += 1
             self._tick(ts)
             old = self.workloads.get(wid)
             if old is not None:
@@ -116,6 +144,25 @@ class Router:
             self.machine.transition(w, "submitted", ts, reason=kind)
             self.machine.transition(w, "queued", ts)
             self.queue.push(wid, w.priority, w.submit_ts)
+        for ts, _, wid in cancels[ci:]:
+            self._cancel(wid, ts)
+
+    def _cancel(self, wid: str, ts: int) -> None:
+        """End ``wid`` in ``cancelled``: dequeue it or stop it on its GPUs."""
+        self._tick(ts)
+        w = self.workloads.get(wid)
+        if w is None or w.state in TERMINAL:
+            if w is None or w.state != "cancelled":  # a replayed cancel changes nothing
+                self.machine.reject(wid, None if w is None else w.state, "cancelled")
+            return
+        if wid in self.queue:
+            self.queue.remove(wid)
+        gpu_ids = self._gpu_ids(w)
+        if w.gpu_idx:
+            self._message(w, "cancel")  # the fleet stops it (or drops the assignment)
+        if self.machine.transition(w, "cancelled", ts, "cancel_request", gpu_ids):
+            self._release(w)
+            w.pending_reason = ""
 
     def on_prices(self, df: pl.DataFrame) -> None:
         if df.height == 0:
@@ -176,6 +223,21 @@ class Router:
                 self._finish(w, "completed", ts, "")
         fleet.update_status(df, idx)
         self._tick(max(tss))
+        # A GPU that reports running work is healthy again: misses forgotten, uncordoned.
+        working = np.unique(idx[df["workload_id"].is_not_null().to_numpy()])
+        if working.size:
+            sick = working[(fleet.misses[working] > 0) | fleet.cordoned[working]]
+            for g in sick.tolist():
+                if fleet.cordoned[g]:
+                    self._set_cordon(g, False, "reported_work")
+                fleet.misses[g] = 0
+                fleet.hold_until[g] = 0
+            if sick.size:  # proven healthy: the work that avoided it may use it again
+                healed = set(sick.tolist())
+                for _, _, wid in self.queue.ordered():
+                    w = self.workloads[wid]
+                    if w.avoid and healed.intersection(w.avoid):
+                        w.avoid = tuple(g for g in w.avoid if g not in healed)
 
     # -- transitions with GPU bookkeeping -------------------------------------------------
     def _gpu_ids(self, w: Workload) -> str:
@@ -198,6 +260,51 @@ class Router:
             w.gpu_idx, w.site = (), ""
             self.queue.push(w.workload_id, w.priority, w.submit_ts)
 
+    # -- GPU health ---------------------------------------------------------------------
+    def _missed(self, w: Workload) -> None:
+        """``w`` timed out unstarted: its GPUs back off or get cordoned; it avoids them."""
+        cfg, fleet = self.config, self.fleet
+        timeout = int(cfg.assign_timeout_s * 1000)
+        for g in w.gpu_idx:
+            fleet.misses[g] += 1
+            misses = int(fleet.misses[g])
+            if misses >= cfg.cordon_after:
+                fleet.hold_until[g] = self.now + int(cfg.cordon_s * 1000)
+                if not fleet.cordoned[g]:
+                    self._set_cordon(g, True, "unresponsive")
+            else:
+                fleet.hold_until[g] = self.now + timeout * 2 ** (misses - 1)
+        w.avoid = tuple(sorted(set(w.avoid) | set(w.gpu_idx)))
+
+    def _set_cordon(self, g: int, on: bool, reason: str) -> None:
+        fleet = self.fleet
+        fleet.cordoned[g] = on
+        if on:
+            fleet.cordon_since[g] = self.now
+        site = fleet.sites[int(fleet.site[g])]
+        self._health.append(
+            (fleet.ids[g], site, self.now, on, reason, int(fleet.cordon_since[g]))
+        )
+        n = len(fleet)
+        GPUS_CORDONED.labels(site).set(
+            int((fleet.cordoned[:n] & (fleet.site[:n] == fleet.site[g])).sum())
+        )
+
+    def _end_cool_offs(self) -> None:
+        """Cordoned GPUs whose cool-off passed get work again, on probation: one more miss
+        cordons them again."""
+        fleet = self.fleet
+        n = len(fleet)
+        done = np.flatnonzero(fleet.cordoned[:n] & (fleet.hold_until[:n] <= self.now))
+        for g in done.tolist():
+            self._set_cordon(g, False, "cool_off")
+            fleet.misses[g] = max(0, self.config.cordon_after - 1)
+
+    def cordoned(self) -> list[str]:
+        """Ids of the GPUs cordoned now."""
+        n = len(self.fleet)
+        return [self.fleet.ids[g] for g in np.flatnonzero(self.fleet.cordoned[:n]).tolist()]
+
     def _message(self, w: Workload, action: str) -> None:
         ASSIGNMENTS.labels(action).inc()
         self._messages.append(
@@ -216,6 +323,7 @@ class Router:
 
     def _assign(self, w: Workload, gpus: tuple[int, ...]) -> None:
         self.queue.remove(w.workload_id)
+        w.pending_reason = ""
         w.gpu_idx = gpus
         w.site = self.fleet.sites[int(self.fleet.site[gpus[0]])]
         w.assigned_ts = self.now
@@ -232,29 +340,41 @@ class Router:
         if now is not None:
             self._tick(now)
         self._expire_assignments()
-        QUEUED.set(len(self.queue))
+        self._end_cool_offs()
         self._urgent_waiting = 0
         if not self.queue or len(self.fleet) == 0:
+            self._queue_metrics()
             return 0
         started = time.perf_counter()
         cfg, fleet = self.config, self.fleet
-        ordered = list(self.queue.ordered(self.now))
+        ordered = list(self.queue.ordered())
         entries = [self.workloads[wid] for _, _, wid in ordered]
+        kept = self._fail_unschedulable(entries)
+        if len(kept) != len(entries):
+            entries = kept
+            ordered = [(w.priority, w.submit_ts, w.workload_id) for w in entries]
         block = self._starvation_guard(ordered, entries)
         need_gpus = np.fromiter((w.gpus for w in entries), np.int64, len(entries))
         need_mem = np.fromiter((w.mem_gb for w in entries), np.float64, len(entries))
         max_price = np.fromiter((w.max_price_usd_hr for w in entries), np.float64, len(entries))
+        avoid_len = np.fromiter((len(w.avoid) for w in entries), np.int64, len(entries))
+        avoid_ptr = np.zeros(len(entries) + 1, dtype=np.int64)
+        np.cumsum(avoid_len, out=avoid_ptr[1:])
+        avoid_gpu = np.fromiter(
+            (g for i in np.flatnonzero(avoid_len).tolist() for g in entries[i].avoid),
+            np.int64, int(avoid_ptr[-1]),
+        )
         n = len(fleet)
         score = fleet.scores(cfg.power_kw)
         order = gpu_order(score, fleet.rank())
-        free = fleet.free_mask()
+        free = self._offerable()
         mem_free = fleet.mem_free()
         temp = fleet.temp[:n]
         spot = fleet.spot()
         site = fleet.site[:n]
         start, gpus = assign_greedy(
             need_gpus, need_mem, max_price, order, free.copy(), mem_free, temp, spot, site,
-            score, len(fleet.sites), cfg.temp_max_c, block,
+            score, len(fleet.sites), cfg.temp_max_c, block, avoid_ptr, avoid_gpu,
         )
         placed = 0
         unplaced_urgent: list[Workload] = []
@@ -270,40 +390,126 @@ class Router:
             self._urgent_waiting = max(
                 (w.priority for w in unplaced_urgent if w.state == "queued"), default=0
             )
-        QUEUED.set(len(self.queue))
+        guarded = np.flatnonzero(block)
+        held_back = (
+            {w.workload_id for w in entries[int(guarded[0]) + 1 :]} if guarded.size else set()
+        )
+        # Still queued: the unplaced entries (arrays reused) and any preemption victims.
+        left = np.flatnonzero(start < 0)
+        if unplaced_urgent:
+            left = left[[entries[i].state == "queued" for i in left.tolist()]]
+        queued = [entries[i] for i in left.tolist()]
+        if len(queued) != len(self.queue):
+            seen = {w.workload_id for w in queued}
+            extra = [self.workloads[wid] for _, _, wid in self.queue.ordered()
+                     if wid not in seen]
+            queued += extra
+            need_gpus = np.concatenate(
+                [need_gpus[left], np.array([w.gpus for w in extra], np.int64)])
+            need_mem = np.concatenate(
+                [need_mem[left], np.array([w.mem_gb for w in extra], np.float64)])
+            max_price = np.concatenate(
+                [max_price[left], np.array([w.max_price_usd_hr for w in extra], np.float64)])
+            has_avoid = np.concatenate(
+                [avoid_len[left] > 0, np.array([bool(w.avoid) for w in extra], np.bool_)])
+        else:
+            need_gpus, need_mem, max_price = need_gpus[left], need_mem[left], max_price[left]
+            has_avoid = avoid_len[left] > 0
+        self._update_pending(queued, need_gpus, need_mem, max_price, has_avoid, held_back)
+        self._queue_metrics()
         metrics.ALLOCATION_SECONDS.observe(time.perf_counter() - started)
         return placed
+
+    def _offerable(self) -> np.ndarray:
+        """GPUs free for new work now: free and neither backing off nor cordoned."""
+        return self.fleet.free_mask() & ~self.fleet.held_mask(self.now)
+
+    def _fail_unschedulable(self, entries: list[Workload]) -> list[Workload]:
+        """Fail requests no site could ever hold, on their first round; returns the rest."""
+        fresh = [w for w in entries if not w.evaluated]
+        if not fresh:
+            return entries
+        fleet = self.fleet
+        n = len(fleet)
+        never = unschedulable(
+            np.fromiter((w.gpus for w in fresh), np.int64, len(fresh)),
+            np.fromiter((w.mem_gb for w in fresh), np.float64, len(fresh)),
+            fleet.mem_total[:n], fleet.site[:n], len(fleet.sites),
+        )
+        failed = set()
+        for w, bad in zip(fresh, never.tolist(), strict=True):
+            w.evaluated = True
+            if bad and self.machine.transition(w, "failed", self.now, "unschedulable"):
+                self.queue.remove(w.workload_id)
+                failed.add(w.workload_id)
+        return [w for w in entries if w.workload_id not in failed] if failed else entries
+
+    def _update_pending(
+        self, queued: list[Workload], need_gpus: np.ndarray, need_mem: np.ndarray,
+        max_price: np.ndarray, has_avoid: np.ndarray, held_back: set[str],
+    ) -> None:
+        """Give every queued workload its pending reason; record the ones that changed."""
+        if not queued:
+            return
+        cfg, fleet = self.config, self.fleet
+        n = len(fleet)
+        offer = self._offerable()
+        held_idle = fleet.free_mask() & fleet.held_mask(self.now)
+        reasons = pending_reasons(
+            need_gpus, need_mem, max_price, has_avoid,
+            fleet.usable_mask(), offer, held_idle, fleet.mem_total[:n], fleet.mem_free(),
+            fleet.temp[:n], fleet.spot(), fleet.site[:n], fleet.model[:n], len(fleet.sites),
+            cfg.temp_max_c,
+        )
+        for w, reason in zip(queued, reasons, strict=True):
+            if w.workload_id in held_back:
+                reason = "starvation_guard"
+            if reason != w.pending_reason:
+                self.machine.pending(w, self.now, reason)
+
+    def _queue_metrics(self) -> None:
+        QUEUED.set(len(self.queue))
+        WORKLOADS_QUEUED.set(len(self.queue))
+        oldest = self.queue.oldest_submit_ts()
+        WORKLOAD_OLDEST_QUEUED_AGE.set(0 if oldest is None else max(0, self.now - oldest) / 1000)
 
     def _starvation_guard(
         self, ordered: list[tuple[int, int, str]], entries: list[Workload]
     ) -> np.ndarray:
-        """Which entries may block backfilling: fully aged, long waiting, able to fit."""
+        """Which entry may block backfilling: the first in queue order that has waited
+        ``starvation_guard_s`` and could fit on an emptied site."""
         block = np.zeros(len(entries), dtype=np.bool_)
         guard = self.config.starvation_guard_s
         if guard is None:
             return block
         limit = int(guard * 1000)
+        submit = np.fromiter((e[1] for e in ordered), np.int64, len(ordered))
+        waited_long = np.flatnonzero(self.now - submit >= limit)
+        if waited_long.size == 0:
+            return block
         fleet = self.fleet
         n = len(fleet)
-        usable = fleet.usable_mask()
-        for i, ((eff, submit_ts, _), w) in enumerate(zip(ordered, entries, strict=True)):
-            if eff < 10:
-                break  # ordered by effective priority: no fully aged entry follows
-            if self.now - submit_ts < limit:
+        usable = fleet.usable_mask() & ~fleet.held_mask(self.now)
+        cannot: set[tuple[int, float]] = set()  # shapes already found not to fit
+        for i in waited_long.tolist():
+            w = entries[i]
+            if (w.gpus, w.mem_gb) in cannot:
                 continue
             fits = usable & (fleet.mem_total[:n] >= w.mem_gb)
             per_site = np.bincount(fleet.site[:n][fits], minlength=len(fleet.sites))
             if per_site.size and per_site.max() >= w.gpus:
                 block[i] = True
                 break  # one blocker is enough: nothing behind it is placed
+            cannot.add((w.gpus, w.mem_gb))
         return block
 
     def next_deadline(self) -> int | None:
         """The earliest event time at which a round could act with no new input, or None.
 
-        Two timers exist: an assignment nobody confirmed expires, and running work becomes
-        old enough to preempt for an urgent job that is waiting. Queue aging alone never
-        places anything: what did not fit still does not fit on the same free GPUs.
+        Three timers exist: an assignment nobody confirmed expires, running work becomes
+        old enough to preempt for an urgent job that is waiting, and (while work is
+        queued) a GPU's back-off or cordon ends. Waiting alone never places anything:
+        what did not fit still does not fit on the same free GPUs.
         """
         cfg = self.config
         limit = int(cfg.assign_timeout_s * 1000)
@@ -317,6 +523,12 @@ class Router:
                 if w.state == "running" and w.priority < urgent
                 and w.running_ts + min_run > self.now
             ]
+        if self.queue:
+            n = len(self.fleet)
+            hold = self.fleet.hold_until[:n]
+            later = hold[hold > self.now]
+            if later.size:
+                due.append(int(later.min()))
         return min(due) if due else None
 
     def _expire_assignments(self) -> None:
@@ -324,6 +536,7 @@ class Router:
         stale = [w for w in self.active.values()
                  if w.state == "assigned" and self.now - w.assigned_ts > limit]
         for w in stale:
+            self._missed(w)
             self._requeue(w, self.now, "assign_timeout")
 
     def _preempt_for(
@@ -353,7 +566,9 @@ class Router:
                 np.ones(n, np.bool_) if math.isnan(u.max_price_usd_hr)
                 else ~np.isnan(spot) & (spot <= u.max_price_usd_hr)
             )
-            free_ok = fleet.free_mask() & (fleet.mem_free() >= u.mem_gb) & temp_ok & price_ok
+            free_ok = self._offerable() & (fleet.mem_free() >= u.mem_gb) & temp_ok & price_ok
+            if u.avoid:
+                free_ok[list(u.avoid)] = False
             usable_ok = usable & (fleet.mem_total[:n] >= u.mem_gb) & price_ok
             plan = choose_victims(
                 u.gpus, u.priority, free_ok, usable_ok, order_pos, fleet.site[:n],
@@ -382,6 +597,11 @@ class Router:
         """Workload events and assignment messages produced since the last drain."""
         msgs, self._messages = self._messages, []
         return self.machine.drain(), msgs
+
+    def drain_health(self) -> pl.DataFrame:
+        """GPU cordon changes since the last call (``hcp.schemas.GPU_HEALTH_SCHEMA`` rows)."""
+        rows, self._health = getattr(self, "_health", []), []
+        return pl.DataFrame(rows, schema=GPU_HEALTH_SCHEMA, orient="row")
 
     def running_on(self) -> dict[int, str]:
         """GPU index -> the workload the router has running there."""

@@ -6,15 +6,20 @@ Allowed transitions (anything else is rejected, logged and counted in
     (new)     -> submitted
     submitted -> queued | failed          failed: the request can never be placed
     queued    -> assigned
+    queued    -> failed                   unschedulable: no site could ever hold it
     assigned  -> running                  its GPU reports the workload id
     assigned  -> queued                   GPU down, or no report within the assign timeout:
                                           it never started, so it goes back with its age
     running   -> completed                a GPU of the job reports idle after it ran
     running   -> failed                   a GPU of the job goes down
     running   -> preempted -> queued      urgent work took its GPUs; it keeps its submit ts
+    any non-terminal state -> cancelled   an ``op: cancel`` request
 
-``completed`` and ``failed`` are terminal. A second request with a known workload id is an
-invalid ``<state> -> submitted`` transition. Every valid transition becomes one row of
+``completed``, ``failed`` and ``cancelled`` are terminal. A queued workload's pending
+reason is not a transition: :meth:`StateMachine.pending` records a ``queued -> queued``
+row whose reason is the new pending reason (so it reaches the event stream and Redis).
+A second request with a known workload id is an invalid ``<state> -> submitted``
+transition. Every valid transition becomes one row of
 :data:`hcp.schemas.WORKLOAD_EVENT_SCHEMA`.
 """
 
@@ -39,8 +44,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATES = ("submitted", "queued", "assigned", "running", "completed", "failed", "preempted")
-TERMINAL = frozenset({"completed", "failed"})
+STATES = ("submitted", "queued", "assigned", "running", "completed", "failed", "preempted",
+          "cancelled")
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
 ALLOWED: frozenset[tuple[str | None, str]] = frozenset(
     {
         (None, "submitted"),
@@ -53,6 +59,8 @@ ALLOWED: frozenset[tuple[str | None, str]] = frozenset(
         ("running", "failed"),
         ("running", "preempted"),
         ("preempted", "queued"),
+        ("queued", "failed"),
+        *((s, "cancelled") for s in ("submitted", "queued", "assigned", "running", "preempted")),
     }
 )
 
@@ -82,6 +90,11 @@ class Workload:
     assigned_ts: int = 0
     running_ts: int = 0
     preemptions: int = 0
+    # GPUs that never started this workload: it is not offered to them again.
+    avoid: tuple[int, ...] = ()
+    pending_reason: str = ""  # why it is not placed now (queued only)
+    evaluated: bool = False  # checked once against the fleet for `unschedulable`
+    queued_ts: int = -1  # when it last entered the queue
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -111,6 +124,8 @@ class StateMachine:
             )
             return False
         w.state = to_state
+        if to_state == "queued":
+            w.queued_ts = int(ts)
         self._rows.append(
             (w.workload_id, int(ts), src, to_state, int(w.priority), gpu_ids, w.site, reason)
         )
@@ -122,7 +137,20 @@ class StateMachine:
         INVALID_TRANSITIONS.labels(str(from_state), to_state).inc()
         log.warning("invalid workload transition %s: %s -> %s", workload_id, from_state, to_state)
 
-    def pending(self) -> int:
+    def pending(self, w: Workload, ts: int, reason: str) -> None:
+        """Record a queued workload's new pending reason as a ``queued -> queued`` row.
+
+        A reason found in the round in which the workload (re-)entered the queue is
+        recorded 1 ms later, so its row never shares the (workload_id, ts, to_state) key of
+        the row that queued it (the PostgreSQL upsert key).
+        """
+        w.pending_reason = reason
+        ts = int(ts) + 1 if int(ts) <= w.queued_ts else int(ts)
+        self._rows.append((w.workload_id, ts, "queued", "queued", int(w.priority), "",
+                           "", reason))
+
+    def backlog(self) -> int:
+        """Event rows not drained yet."""
         return len(self._rows)
 
     def drain(self) -> pl.DataFrame:

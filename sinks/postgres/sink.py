@@ -24,7 +24,16 @@ import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from hcp.errors import SinkUnavailableError
-from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
+from hcp.tags import Out
+from sinks.metrics import (
+    SINK_ERRORS,
+    SINK_OUTAGES,
+    SINK_ROWS,
+    SINK_WRITE_SECONDS,
+    outage_ended,
+    outage_started,
+    sink_started,
+)
 from sinks.postgres.schema import apply_migrations, redact_dsn
 from sinks.postgres.writer import CopyFormat, PgWriter
 
@@ -35,7 +44,6 @@ __all__ = [
     "SINK_ROWS",
     "SINK_WRITE_SECONDS",
     "TAG_TABLES",
-    "InjectedFaultError",
     "PgWriter",
     "PostgresSink",
 ]
@@ -44,19 +52,15 @@ log = logging.getLogger(__name__)
 
 # Which table each tagged stream lands in. Tags not listed belong to other sinks.
 TAG_TABLES: dict[str, str] = {
-    "gpu_raw": "gpu_metrics",
-    "asic_raw": "asic_metrics",
-    "prices": "market_prices",
-    "windows": "device_windows",
-    "recs": "recommendations",
-    "workload_events": "workload_events",
+    Out.GPU_RAW: "gpu_metrics",
+    Out.ASIC_RAW: "asic_metrics",
+    Out.PRICES: "market_prices",
+    Out.WINDOWS: "device_windows",
+    Out.RECS: "recommendations",
+    Out.WORKLOAD_EVENTS: "workload_events",
 }
 # Raw telemetry is by far the largest stream; --no-raw style deployments skip it.
-RAW_TAGS = frozenset({"gpu_raw", "asic_raw"})
-
-
-class InjectedFaultError(RuntimeError):
-    """Raised by the ``fail_on_batch`` test hook before a batch commits."""
+RAW_TAGS = frozenset({Out.GPU_RAW, Out.ASIC_RAW})
 
 
 @dataclass
@@ -89,9 +93,10 @@ class PostgresSink(DynamicSink):
 
     Every worker writes its own batches (``DynamicSink``); each batch is one transaction
     of idempotent upserts, so replays after a restart never duplicate rows. Failures are
-    retried forever by default (``give_up_after_s`` to raise instead). ``fail_on_batch=N``
-    makes the first commit attempt of the N-th non-empty batch raise, for fault tests;
-    ``before_commit(batch_number)`` is the general form of that hook.
+    retried forever by default (``give_up_after_s`` to raise instead).
+    ``before_commit(batch_number)`` runs inside each transaction once its rows are written;
+    a ``psycopg.Error`` it raises aborts the batch, which is then retried like a lost
+    connection (the fault tests use it to crash between write and commit).
     """
 
     def __init__(
@@ -106,14 +111,8 @@ class PostgresSink(DynamicSink):
         backoff_max_s: float = 5.0,
         give_up_after_s: float | None = None,
         connect_timeout_s: int = 5,
-        fail_on_batch: int | None = None,
         before_commit: Callable[[int], None] | None = None,
     ) -> None:
-        if fail_on_batch is not None and before_commit is not None:
-            msg = "pass fail_on_batch or before_commit, not both"
-            raise ValueError(msg)
-        if fail_on_batch is not None:
-            before_commit = _fail_once_on(fail_on_batch)
         self._config = _Config(
             dsn=dsn,
             store_raw=store_raw,
@@ -131,22 +130,9 @@ class PostgresSink(DynamicSink):
         return _PostgresSinkPartition(self._config, f"{step_id}[{worker_index}]")
 
 
-def _fail_once_on(batch_number: int) -> Callable[[int], None]:
-    fired = False
-
-    def hook(batch: int) -> None:
-        nonlocal fired
-        if batch == batch_number and not fired:
-            fired = True
-            msg = f"injected failure before committing batch {batch}"
-            raise InjectedFaultError(msg)
-
-    return hook
-
-
 # Worth retrying: connection loss, a rejected batch, a schema not created yet. Anything
 # else (a frame without its key columns) is a bug that retrying cannot fix.
-_RETRYABLE = (psycopg.Error, OSError, LookupError, SinkUnavailableError, InjectedFaultError)
+_RETRYABLE = (psycopg.Error, OSError, LookupError, SinkUnavailableError)
 
 
 class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
@@ -158,6 +144,7 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
         self._migrated = not config.migrate
         self._batches = 0  # non-empty write_batch calls, the hook's batch numbers
         self._outage: _Outage | None = None
+        sink_started("postgres")
 
     def _wanted(self, tag: str) -> bool:
         if tag not in TAG_TABLES:
@@ -236,7 +223,7 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
         now = time.monotonic()
         if self._outage is None:
             self._outage = _Outage(started=now)
-            SINK_OUTAGES.labels(sink="postgres").inc()
+            outage_started("postgres")
             log.warning(
                 "postgres sink %s: write to %s failed (%s); holding the batch and retrying "
                 "with backoff up to %.1fs",
@@ -264,6 +251,7 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
                 self._outage.retries,
             )
             self._outage = None
+            outage_ended("postgres")
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

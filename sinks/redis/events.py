@@ -1,4 +1,4 @@
-"""Writing market prices and workload state transitions to Redis.
+"""Writing market prices, workload state transitions and GPU cordons to Redis.
 
 Both are small next to recommendations (tens to thousands of rows a second), so they go
 through redis-py pipelines and the scripts in :mod:`sinks.redis.layout`, which keep the
@@ -7,11 +7,17 @@ newest value whatever order batches are replayed in.
 Workload stream ids are ``{ts}-{seq}``. Events older than the stream's last id are a
 replay and add no entry. Events in the same millisecond as the last id are compared with
 the entries already there by (workload, from, to), so a replay adds nothing and a
-millisecond split across two batches still gets all its entries.
+millisecond split across two batches still gets all its entries. A ``queued -> queued``
+event carries a queued workload's new pending reason (flows/router/states.py): it gets a
+stream entry like any event and sets the hash's ``pending_reason``.
+
+GPU cordons (``GPU_HEALTH_SCHEMA`` rows from the router) go to the ``gpu:cordoned`` hash:
+HSET on a cordon, HDEL when it ends, in the router's order (one writer, the router's).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 import polars as pl
@@ -19,7 +25,7 @@ import redis
 
 from sinks.redis.layout import RedisKeys, stream_last_id
 
-__all__ = ["WORKLOAD_STREAM_FIELDS", "write_prices", "write_workload_events"]
+__all__ = ["WORKLOAD_STREAM_FIELDS", "write_gpu_health", "write_prices", "write_workload_events"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +120,35 @@ def write_workload_events(
     if skipped:
         log.debug("skipped %d workload transitions already in %s", skipped, stream)
     return added
+
+
+def write_gpu_health(client: redis.Redis, keys: RedisKeys, df: pl.DataFrame) -> int:
+    """Apply cordon changes in order: set cordoned GPUs, delete uncordoned ones."""
+    if df.height == 0:
+        return 0
+    pipe = client.pipeline(transaction=True)
+    for gpu_id, site, _ts, cordoned, reason, since in df.select(
+        "gpu_id", "site", "ts", "cordoned", "reason", "since"
+    ).iter_rows():
+        if cordoned:
+            value = json.dumps({"reason": reason, "since": since, "site": site},
+                               sort_keys=True)
+            pipe.hset(keys.cordoned, gpu_id, value)
+        else:
+            pipe.hdel(keys.cordoned, gpu_id)
+    pipe.execute()
+    # Each touched site's summary gets its cordoned count (n_offer still counts these GPUs
+    # when the profitability flow recommends `offer`: it runs upstream of the router).
+    per_site: dict[str, int] = dict.fromkeys(df["site"].unique().to_list(), 0)
+    for raw in client.hvals(keys.cordoned):
+        site = json.loads(raw).get("site")
+        if site in per_site:
+            per_site[site] += 1
+    pipe = client.pipeline(transaction=False)
+    for site, n in per_site.items():
+        pipe.hset(keys.site_summary(site), "n_cordoned", n)
+    pipe.execute()
+    return df.height
 
 
 def _entries_at(client: redis.Redis, stream: str, ms: int, last_seq: int) -> set[tuple]:

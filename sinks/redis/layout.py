@@ -5,12 +5,15 @@ benchmarks can share one Redis without seeing each other:
 
 - ``{prefix}rec:{device_id}``        hash, the device's latest recommendation
 - ``{prefix}recommendations``        stream, every recommendation, id ``{window_end_ms}-{seq}``
-- ``{prefix}summary:site:{site}``    hash, totals of the site's latest window
+- ``{prefix}summary:site:{site}``    hash, totals of the site's latest window (and
+  ``n_cordoned``, the site's GPUs the router has cordoned now)
 - ``{prefix}summary:fleet``          hash, totals of the fleet's latest window
 - ``{prefix}summary:sites``          set of site names that have a summary
 - ``{prefix}prices``                 hash, ``key`` -> latest value, ``key:ts`` -> its event time
 - ``{prefix}workload:{workload_id}`` hash, current state of a workload
 - ``{prefix}workloads``              stream of workload state transitions, id ``{ts}-{seq}``
+- ``{prefix}gpu:cordoned``           hash, ``gpu_id`` -> JSON ``{reason, since, site}`` of
+  every GPU the router has cordoned now (removed when it is uncordoned)
 
 The scripts make "never overwrite newer state with older state" a server-side check, so a
 replay of old windows or events cannot move a hash backwards whatever the read order.
@@ -69,6 +72,11 @@ class RedisKeys:
     @property
     def workloads_stream(self) -> str:
         return f"{self.prefix}workloads"
+
+    @property
+    def cordoned(self) -> str:
+        """Hash of the GPUs the router has cordoned: gpu_id -> JSON reason/since/site."""
+        return f"{self.prefix}gpu:cordoned"
 
 
 def stream_last_id(client: redis.Redis, key: str) -> tuple[int, int]:
@@ -136,6 +144,8 @@ return written
 # stream) applies at an equal time, so same-millisecond chains end in their last state;
 # mode "late" (older than the stream, never seen) applies only when strictly newer.
 # `{state}_ts` keeps when the workload last entered each state; `submitted_ts` the first.
+# A `queued -> queued` event is a new pending reason, not a transition: it sets
+# `pending_reason` (and `updated_ts`) only; any other event clears `pending_reason`.
 WORKLOAD_LUA = """
 local written = 0
 for i = 1, #KEYS do
@@ -143,15 +153,24 @@ for i = 1, #KEYS do
   local key = KEYS[i]
   local ts = tonumber(ARGV[o + 2])
   local old = tonumber(redis.call('HGET', key, 'updated_ts'))
+  local pending = ARGV[o + 3] == 'queued' and ARGV[o + 4] == 'queued'
   if old == nil or ts > old or (ts == old and ARGV[o + 9] == 'new') then
-    redis.call('HSET', key, 'workload_id', ARGV[o + 1], 'state', ARGV[o + 4],
-      'prev_state', ARGV[o + 3], 'priority', ARGV[o + 5], 'gpus', ARGV[o + 6],
-      'site', ARGV[o + 7], 'reason', ARGV[o + 8], 'updated_ts', ARGV[o + 2])
+    if pending then
+      redis.call('HSET', key, 'workload_id', ARGV[o + 1], 'pending_reason', ARGV[o + 8],
+        'updated_ts', ARGV[o + 2])
+    else
+      redis.call('HSET', key, 'workload_id', ARGV[o + 1], 'state', ARGV[o + 4],
+        'prev_state', ARGV[o + 3], 'priority', ARGV[o + 5], 'gpus', ARGV[o + 6],
+        'site', ARGV[o + 7], 'reason', ARGV[o + 8], 'updated_ts', ARGV[o + 2],
+        'pending_reason', '')
+    end
     written = written + 1
   end
   local f = ARGV[o + 4] .. '_ts'
   local seen = tonumber(redis.call('HGET', key, f))
-  if f == 'submitted_ts' then
+  if pending then
+    -- not a transition: queued_ts keeps when it entered the queue
+  elseif f == 'submitted_ts' then
     if seen == nil or ts < seen then redis.call('HSET', key, f, ARGV[o + 2]) end
   elseif seen == nil or ts > seen then
     redis.call('HSET', key, f, ARGV[o + 2])

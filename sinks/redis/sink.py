@@ -7,6 +7,7 @@
 - ``"prices"``: PRICE_ROW_SCHEMA rows -> the ``prices`` hash;
 - ``"workload_events"``: WORKLOAD_EVENT_SCHEMA rows -> ``workload:{id}`` hashes and the
   ``workloads`` stream (:mod:`sinks.redis.events`);
+- ``"gpu_health"``: GPU_HEALTH_SCHEMA rows (router cordons) -> the ``gpu:cordoned`` hash;
 - any other tag is ignored, so one output stream can feed several sinks.
 
 :class:`RedisSink` wraps it for Bytewax. Delivery: at-least-once from the dataflow,
@@ -28,8 +29,16 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from hcp.errors import SinkUnavailableError
-from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS, SINK_WRITE_SECONDS
-from sinks.redis.events import write_prices, write_workload_events
+from hcp.tags import Out
+from sinks.metrics import (
+    SINK_ERRORS,
+    SINK_ROWS,
+    SINK_WRITE_SECONDS,
+    outage_ended,
+    outage_started,
+    sink_started,
+)
+from sinks.redis.events import write_gpu_health, write_prices, write_workload_events
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
 from sinks.redis.recs import HashCache, RecWriteStats, write_recs
@@ -78,6 +87,7 @@ class RedisWriter:
         self._cache = HashCache() if delta_hashes else None
         self.last_rec_stats: RecWriteStats | None = None  # of the last "recs" item
         self._outage_since: float | None = None
+        sink_started("redis")
 
     def close(self) -> None:
         self.client.close()
@@ -99,7 +109,7 @@ class RedisWriter:
                 now = time.monotonic()
                 if self._outage_since is None:
                     self._outage_since = now
-                    SINK_OUTAGES.labels(sink="redis").inc()
+                    outage_started("redis")
                     log.warning(
                         "Redis sink: %s failed (%s: %s); holding the batch and retrying",
                         self.url, type(exc).__name__, exc,
@@ -117,6 +127,7 @@ class RedisWriter:
                 time.monotonic() - self._outage_since,
             )
             self._outage_since = None
+            outage_ended("redis")
         SINK_WRITE_SECONDS.labels(sink="redis").observe(time.monotonic() - started)
 
     def _write_once(self, items: list[Item]) -> None:
@@ -148,11 +159,16 @@ class RedisWriter:
         )
         SINK_ROWS.labels(sink="redis", table="workload_events").inc(added)
 
+    def _write_gpu_health(self, df: pl.DataFrame) -> None:
+        write_gpu_health(self.client, self.keys, df)
+        SINK_ROWS.labels(sink="redis", table="gpu_cordoned").inc(df.height)
+
 
 _HANDLERS: dict[str, Any] = {
-    "recs": RedisWriter._write_recs,
-    "prices": RedisWriter._write_prices,
-    "workload_events": RedisWriter._write_workload_events,
+    Out.RECS: RedisWriter._write_recs,
+    Out.PRICES: RedisWriter._write_prices,
+    Out.WORKLOAD_EVENTS: RedisWriter._write_workload_events,
+    Out.GPU_HEALTH: RedisWriter._write_gpu_health,
 }
 
 

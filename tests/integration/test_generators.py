@@ -245,7 +245,7 @@ def test_unreachable_broker_fails_fast_with_a_clear_message() -> None:
     address = f"127.0.0.1:{free_port()}"
     began = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "hcp", "generate", "--bootstrap", address, "--duration", "5"],
+        [sys.executable, "-m", "tools", "generate", "--bootstrap", address, "--duration", "5"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -96,7 +96,7 @@ def test_hcp_run_once_writes_spec_figures_to_redis(
 ) -> None:
     env = job_env(bootstrap, generated, redis_url, redis_prefix, pg_dsn)
     done = subprocess.run(
-        [sys.executable, "-m", "hcp", "run", "--once"],
+        [sys.executable, "-m", "tools", "run", "--once"],
         env=env,
         capture_output=True,
         text=True,
@@ -153,7 +153,7 @@ def test_streaming_job_serves_metrics_and_stops_cleanly_on_sigterm(
     env = job_env(bootstrap, generated, redis_url, redis_prefix, pg_dsn)
     env.update(HCP_METRICS_PORT=str(port), HCP_IDLE_TIMEOUT_S="1")
     job = subprocess.Popen(
-        [sys.executable, "-m", "hcp", "run"],
+        [sys.executable, "-m", "tools", "run"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -176,7 +176,7 @@ def test_streaming_job_serves_metrics_and_stops_cleanly_on_sigterm(
             "hcp_events_in_total",
             "hcp_windows_closed_total",
             "hcp_recommendations_total",
-            "hcp_price",
+            "hcp_btc_usd",
             "hcp_batch_seconds",
             "hcp_sink_write_seconds",
         ):
@@ -194,7 +194,7 @@ def test_unreachable_broker_is_one_clear_line() -> None:
     port = free_port()
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "hcp", "run", "--bootstrap", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "tools", "run", "--bootstrap", f"127.0.0.1:{port}"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -24,8 +24,9 @@ from polars.testing import assert_frame_equal
 from hcp import schemas
 from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS
 from sinks.postgres.schema import apply_migrations
-from sinks.postgres.sink import InjectedFaultError, PostgresSink
+from sinks.postgres.sink import PostgresSink
 from sinks.postgres.writer import PgWriter
+from tests.support.faults import InjectedFaultError, fail_once_before_commit
 
 T0 = 1_764_000_000_000
 TIME_COLUMNS = {
@@ -267,15 +268,19 @@ def test_sink_retries_the_failed_batch_and_completes(db: str, caplog) -> None:
     assert sum("recovered after" in r.message for r in caplog.records) == 1
 
 
-def test_fail_on_batch_flag_is_retried_to_completion(db: str) -> None:
+def test_a_failure_before_one_commit_is_retried_to_completion(db: str) -> None:
     batches = _batches(3)
-    part = PostgresSink(db, fail_on_batch=2, backoff_min_s=0.01, migrate=False).build("pg", 0, 1)
+    before_commit = fail_once_before_commit(2)
+    part = PostgresSink(db, before_commit=before_commit, backoff_min_s=0.01, migrate=False)
+    writer = part.build("pg", 0, 1)
     for batch in batches:
-        part.write_batch([("windows", batch["device_windows"])])
+        writer.write_batch([("windows", batch["device_windows"])])
+    assert before_commit.fired
     assert_frame_equal(
         read_back(db, "device_windows"),
         expected("device_windows", *(b["device_windows"] for b in batches)),
     )
+
 
 
 def test_raw_storage_off_and_foreign_tags_ignored(db: str) -> None:

@@ -14,6 +14,7 @@ from generators.router_sim import SimFleet
 from hcp.assignments import decode_assignment
 from hcp.kafka_admin import end_offsets, ensure_topics
 from hcp.topics import Topics
+from hcp.workload_requests import cancel_message
 
 T0 = 1_767_225_600_000
 
@@ -47,11 +48,13 @@ def test_router_flow_end_to_end(
             producer.produce(topics.gpu, key=row["gpu_id"].encode(), value=json.dumps(row))
     producer.produce(topics.prices, key=b"gpu_spot_usd_hr:H100-SXM", value=json.dumps(
         {"v": 1, "ts": T0, "kind": "gpu_spot_usd_hr", "value": 2.5, "model": "H100-SXM"}))
-    for i, (prio, gpus) in enumerate([(3, 1), (9, 2), (5, 1), (1, 1)]):
+    for i, (prio, gpus) in enumerate([(3, 1), (9, 2), (5, 1), (1, 1), (5, 12), (1, 1)]):
         req = {"v": 1, "ts": T0 + 500 + i, "workload_id": f"wl-{i}", "customer": "acme",
                "priority": prio, "gpus": gpus, "mem_gb": 20.0, "est_duration_s": 600}
         producer.produce(topics.workloads, key=req["workload_id"].encode(), value=json.dumps(req))
     producer.produce(topics.workloads, key=b"bad", value=b'{"v": 1, "ts": "soon"}')
+    # Cancel wl-0 after it was assigned (its GPU goes to wl-3, the oldest waiting p1).
+    producer.produce(topics.workloads, key=b"wl-0", value=cancel_message("wl-0", T0 + 1500))
     producer.flush(10)
 
     settings = JobSettings(bootstrap=bootstrap, topic_prefix=topics.prefix, once=True,
@@ -61,16 +64,22 @@ def test_router_flow_end_to_end(
 
     msgs = [decode_assignment(v) for v in read_all(bootstrap, topics.assignments, 2)]
     placed = {m["workload_id"]: m for m in msgs if m["action"] == "assign"}
-    # 4 GPUs: the p9 2-GPU job and two more fit; at most one request is left waiting.
-    assert "wl-1" in placed and len(placed["wl-1"]["gpu_ids"]) == 2
-    assert len(placed) >= 3
-    assert sum(len(m["gpu_ids"]) for m in placed.values()) <= 4
-    assert len({g for m in placed.values() for g in m["gpu_ids"]}) == sum(
-        len(m["gpu_ids"]) for m in placed.values()
-    )
+    # 4 GPUs: the p9 2-GPU job, wl-2 and wl-0 fit; wl-0 is cancelled, wl-3 gets its GPU.
+    assert sorted(placed) == ["wl-0", "wl-1", "wl-2", "wl-3"]
+    assert len(placed["wl-1"]["gpu_ids"]) == 2
+    (cancel,) = [m for m in msgs if m["action"] == "cancel"]
+    assert cancel["workload_id"] == "wl-0" and cancel["gpu_ids"] == placed["wl-0"]["gpu_ids"]
+    assert placed["wl-3"]["gpu_ids"] == placed["wl-0"]["gpu_ids"]
     client = redis.Redis.from_url(redis_url)
-    for wid in placed:
-        assert client.hget(f"{redis_prefix}workload:{wid}", "state") == b"assigned"
+
+    def field(wid: str, name: str) -> bytes | None:
+        return client.hget(f"{redis_prefix}workload:{wid}", name)
+
+    for wid in ("wl-1", "wl-2", "wl-3"):
+        assert field(wid, "state") == b"assigned"
+    assert (field("wl-0", "state"), field("wl-0", "reason")) == (b"cancelled", b"cancel_request")
+    assert (field("wl-4", "state"), field("wl-4", "reason")) == (b"failed", b"unschedulable")
+    assert (field("wl-5", "state"), field("wl-5", "pending_reason")) == (b"queued", b"capacity")
     assert client.xlen(f"{redis_prefix}workloads") >= 3 * len(placed)
     assert len(read_all(bootstrap, topics.dlq, 2)) == 1  # the bad request
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import zlib
+
 import polars as pl
 import pytest
+import redis
+from confluent_kafka import Consumer, TopicPartition
 
+from flows.decode import decode_values
 from flows.router.router import Router, RouterConfig
 from generators.router_sim import SimFleet
 from hcp.assignments import apply_assignment
+from hcp.kafka_admin import ensure_topics
+from hcp.schemas import GPU_HEALTH_SCHEMA, WORKLOAD_FIELDS
+from hcp.topics import Topics
 from sinks.redis.sink import RedisWriter
 from tools.cli import main
 
@@ -34,6 +42,11 @@ def route_some(redis_url: str, prefix: str) -> None:
             for m in msgs:
                 apply_assignment(fleet, m)
             writer.write_batch([("workload_events", events)])
+        writer.write_batch([("gpu_health", pl.DataFrame(
+            [("gpu-00099", "north", T0 + 5_000, True, "unresponsive", T0 + 5_000),
+             ("gpu-00098", "north", T0 + 5_000, True, "unresponsive", T0 + 5_000),
+             ("gpu-00098", "north", T0 + 9_000, False, "reported_work", T0 + 5_000)],
+            schema=GPU_HEALTH_SCHEMA, orient="row"))])
     finally:
         writer.close()
 
@@ -49,6 +62,19 @@ def test_workloads_table(redis_url: str, redis_prefix: str, capsys) -> None:
     running = out.split("RUNNING")[1]
     assert "run-a" in running and "run-hi" in running and "north" in running
     assert "gpu-0000" in running
+    # Why each queued workload waits, in the hash and on screen.
+    lines = {line.split()[1]: line for line in queue.splitlines()[2:] if line.strip()}
+    assert "capacity" in lines["wait-b"] and "capacity" in lines["wait-lo"]
+    client = redis.Redis.from_url(redis_url)
+    assert client.hget(f"{redis_prefix}workload:wait-b", "pending_reason") == b"capacity"
+    assert client.hget(f"{redis_prefix}workload:wait-b", "state") == b"queued"
+    assert client.hget(f"{redis_prefix}workload:run-a", "pending_reason") == b""
+    assert "pending: 2 capacity" in queue
+    # Cordoned GPUs: gpu-00099 still, gpu-00098 no longer.
+    cordoned = out.split("CORDONED GPUs")[1]
+    assert cordoned.startswith(" (1,") and "gpu-00099" in cordoned and "unresponsive" in cordoned
+    assert "gpu-00098" not in cordoned
+    assert client.hget(f"{redis_prefix}summary:site:north", "n_cordoned") == b"1"
 
 
 def test_empty_prefix_and_unreachable_redis(redis_url: str, redis_prefix: str, capsys) -> None:
@@ -69,3 +95,31 @@ def test_flags_show_their_env_variable(flag: str, env: str, capsys) -> None:
         main(["workloads", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert flag in text and f"[env: {env}]" in text
+
+
+def test_cancel_writes_a_cancel_request(bootstrap: str, topics: Topics, capsys) -> None:
+    ensure_topics(bootstrap, [topics.workloads], partitions=3)
+    code = main(["workloads", "--redis", "redis://127.0.0.1:1/0", "cancel", "wl-7",
+                 "--bootstrap", bootstrap, "--topic-prefix", topics.prefix,
+                 "--ts-ms", str(T0)])
+    out = capsys.readouterr().out
+    part = zlib.crc32(b"wl-7") % 3
+    assert code == 0 and f"{topics.workloads}[{part}]" in out
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "t-cancel"})
+    consumer.assign([TopicPartition(topics.workloads, part, 0)])
+    msgs = []
+    try:
+        for _ in range(50):  # until the one message is read (at most ~10 s)
+            msgs += [m for m in consumer.consume(1, 0.2) if m.error() is None]
+            if msgs:
+                break
+    finally:
+        consumer.close()
+    assert [m.key() for m in msgs] == [b"wl-7"]
+    rows = decode_values([msgs[0].value()], WORKLOAD_FIELDS).rows
+    assert rows.select("op", "workload_id", "ts").row(0) == ("cancel", "wl-7", T0)
+    # No such topic (a wrong --topic-prefix): a one-line configuration error, exit 2.
+    code = main(["workloads", "cancel", "wl-7", "--bootstrap", bootstrap, "--topic-prefix",
+                 "missing-prefix.", "--ts-ms", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err and "Traceback" not in err

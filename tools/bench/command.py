@@ -14,9 +14,10 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from hcp.config import add_connection_args, env_arg, env_flag, positive_int
+from hcp.config import env_arg, env_flag, positive_int
 from hcp.errors import ConfigError
 from hcp.kafka_admin import check_broker
+from hcp.settings import add_settings
 from hcp.topics import Topics
 from tools.bench import hooks
 from tools.bench.api import add_api_bench_args
@@ -271,8 +272,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="'embedded' starts a Tansu broker for the run; 'external' uses --bootstrap")
     env_flag(p, "--skip-baseline", env="HCP_BENCH_SKIP_BASELINE", help="do not run the baseline")
     env_flag(p, "--skip-latency", env="HCP_BENCH_SKIP_LATENCY", help="do not measure latency")
-    env_flag(p, "--quiet", env="HCP_QUIET", help="no progress lines")
-    add_connection_args(p)
+    add_settings(p, "quiet", "bootstrap", "redis", "pg")
     add_api_bench_args(p)
     p.add_argument("part", nargs="?", default="pipeline", choices=("pipeline", "api"),
                    help="what to measure: the streaming pipeline (default) or `hcp api` "

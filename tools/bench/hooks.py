@@ -157,7 +157,7 @@ def run_hcp(ctx: BenchContext) -> JobRun:
     """HCP: ``hcp run --once`` in a child process, every sink on, raw storage off."""
     with fresh_database(ctx.pg_dsn) as dsn, tempfile.TemporaryDirectory() as tmp:
         cmd = [
-            sys.executable, "-m", "hcp", "run", "--once", "--no-raw",
+            sys.executable, "-m", "tools", "run", "--once", "--no-raw",
             "--bootstrap", ctx.bootstrap,
             "--topic-prefix", ctx.topics.prefix,
             "--redis", ctx.redis_url,

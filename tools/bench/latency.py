@@ -353,7 +353,7 @@ def measure_latency(
     port = _free_port()
     with fresh_database(pg_dsn, "lat") as dsn:
         job_cmd = [
-            sys.executable, "-m", "hcp", "run", "--no-raw",
+            sys.executable, "-m", "tools", "run", "--no-raw",
             "--bootstrap", bootstrap, "--topic-prefix", prefix,
             "--redis", redis_url, "--redis-prefix", redis_prefix, "--pg", dsn,
             "--metrics-port", str(port), "--window-s", str(window_s),

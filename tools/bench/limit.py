@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from hcp.errors import ConfigError, HcpError
-from hcp.kafka_admin import partition_counts
+from hcp.kafka_admin import partition_counts, split_fetch
 from hcp.schemas import ASIC_FIELDS, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, polars_schema
 from hcp.topics import Topics
 
@@ -191,16 +191,8 @@ def measure_limit(
                     raise HcpError(msg)
                 continue
             idle_deadline = time.monotonic() + timeout_s
-            ok = [m for m in msgs if m.error() is None]
-            if len(ok) != len(msgs):
-                for m in msgs:
-                    err = m.error()
-                    if err is None:
-                        continue
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        msg = f"limit consumer: {err.str()}"
-                        raise HcpError(msg)
-                    pending.discard((m.topic(), m.partition()))
+            ok, eofs = split_fetch(msgs, "limit consumer")
+            pending.difference_update((m.topic(), m.partition()) for m in eofs)
             if not ok:
                 continue
             # Column-wise comprehensions: far cheaper than a Python loop body per message.

@@ -17,8 +17,9 @@ import numpy as np
 import polars as pl
 import redis
 
-from hcp.config import DEFAULT_REDIS, env_arg, positive_int
+from hcp.config import positive_int
 from hcp.schemas import REC_SCHEMA
+from hcp.settings import add_settings
 from sinks.redis.layout import RedisKeys
 from sinks.redis.sink import RedisWriter
 
@@ -120,7 +121,7 @@ def _redis_cpu(client: redis.Redis) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench.redis_sink", description=__doc__)
-    env_arg(parser, "--redis", env="HCP_REDIS_URL", default=DEFAULT_REDIS, help="Redis URL")
+    add_settings(parser, "redis")
     parser.add_argument("--devices", type=positive_int, default=310_000, help="rows per window")
     parser.add_argument("--windows", type=positive_int, default=1, help="windows to write")
     parser.add_argument("--mode", choices=("raw", "redis-py"), default="raw")

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hcp.errors import ConfigError
+
 __all__ = [
     "RESULT_KEYS",
     "BenchResults",
@@ -186,7 +188,11 @@ def format_table(results: BenchResults) -> str:
 
 def write_chart(results: BenchResults, path: Path) -> None:
     """A bar chart of events/s for the limit, HCP and the baseline, with HCP's ratios."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        msg = "the benchmark chart needs the 'bench' extra: pip install 'hcp[bench]'"
+        raise ConfigError(msg) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

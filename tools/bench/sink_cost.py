@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from hcp.config import DEFAULT_REDIS
+from hcp.settings import default
 from hcp.topics import Topics
 from tools.bench.fill import FillSpec, fill_topics
 from tools.bench.hooks import _job_seconds, delete_redis_prefix, fresh_database
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=FillSpec().events)
     p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
                    help="PostgreSQL server (a fresh database is made per run)")
-    p.add_argument("--redis", default=DEFAULT_REDIS)
+    p.add_argument("--redis", default=default("redis"))
     p.add_argument("--py-spy", default=None, help="directory for a py-spy profile of run 1")
     args = p.parse_args(argv)
     with EmbeddedBroker() as broker:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (label, flags) in enumerate(VARIANTS):
             with fresh_database(args.pg, "sinkcost") as dsn:
                 prefix = f"sinkcost-{uuid.uuid4().hex[:6]}:"
-                cmd = [sys.executable, "-m", "hcp", "run", "--once", "--no-raw",
+                cmd = [sys.executable, "-m", "tools", "run", "--once", "--no-raw",
                        "--bootstrap", broker.bootstrap, "--topic-prefix", topics.prefix,
                        "--redis", args.redis, "--redis-prefix", prefix, "--pg", dsn,
                        "--metrics-port", "0", *flags]

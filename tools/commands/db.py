@@ -6,8 +6,8 @@ import argparse
 
 import psycopg
 
-from hcp.config import DEFAULT_PG, env_arg
 from hcp.errors import SinkUnavailableError
+from hcp.settings import add_settings
 from sinks.postgres.schema import apply_migrations, ensure_database, redact_dsn
 
 __all__ = ["register"]
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "db",
         help="manage the PostgreSQL / TimescaleDB history schema",
-        description="Manage the history schema (SPEC section 4 tables).",
+        description="Manage the history schema (the tables of docs/contract.md section 4).",
     )
     actions = parser.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     init = actions.add_parser(
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Creates the database itself when it does not exist. Running it again is a no-op."
         ),
     )
-    env_arg(init, "--pg", env="HCP_PG_DSN", default=DEFAULT_PG, help="PostgreSQL DSN")
+    add_settings(init, "pg")
     init.set_defaults(func=_init)
 
 

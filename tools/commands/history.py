@@ -16,8 +16,9 @@ from pathlib import Path
 import polars as pl
 import psycopg
 
-from hcp.config import DEFAULT_PG, env_arg
+from hcp.config import env_arg
 from hcp.errors import ConfigError, SinkUnavailableError
+from hcp.settings import add_settings
 from sinks.postgres.schema import connect, redact_dsn, require_schema
 
 __all__ = ["profitability", "register"]
@@ -63,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    env_arg(parser, "--pg", env="HCP_PG_DSN", default=DEFAULT_PG, help="PostgreSQL DSN")
+    add_settings(parser, "pg")
     env_arg(
         parser,
         "--by",
@@ -142,6 +143,10 @@ def _run(args: argparse.Namespace) -> int:
     export: Path | None = args.export
     if export is not None and export.suffix.lower() not in (".csv", ".parquet"):
         msg = f"--export needs a .csv or .parquet file name, got {str(export)!r}"
+        raise ConfigError(msg)
+    if export is not None and not export.absolute().parent.is_dir():
+        # Checked before the query: finding out after a long query wastes it.
+        msg = f"--export {export}: directory {export.absolute().parent} does not exist"
         raise ConfigError(msg)
     with connect(args.pg) as conn:
         require_schema(conn, args.pg)

@@ -15,9 +15,10 @@ from typing import Any
 import polars as pl
 import redis
 
-from hcp.config import DEFAULT_REDIS, env_arg, env_flag, non_negative_float, non_negative_int
+from hcp.config import env_arg, env_flag, non_negative_float, non_negative_int
 from hcp.errors import SinkUnavailableError
 from hcp.schemas import REC_SCHEMA
+from hcp.settings import add_settings
 from sinks.redis.layout import RedisKeys
 from sinks.redis.recs import ACTIONS, REC_FIELDS
 
@@ -49,14 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print the current decisions and summaries from Redis",
         description=__doc__,
     )
-    env_arg(parser, "--redis", env="HCP_REDIS_URL", default=DEFAULT_REDIS, help="Redis URL")
-    env_arg(
-        parser,
-        "--redis-prefix",
-        env="HCP_REDIS_PREFIX",
-        default="hcp:",
-        help="prefix of HCP's Redis keys",
-    )
+    add_settings(parser, "redis", "redis_prefix")
     env_arg(
         parser, "--site", env="HCP_RECS_SITE", type=_csv, help="only these sites, comma-separated"
     )

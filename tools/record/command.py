@@ -10,11 +10,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from hcp.config import add_connection_args, add_topic_args, env_arg, env_flag, speed_value
+from hcp.config import env_arg, env_flag
+from hcp.errors import ConfigError
 from hcp.kafka_admin import check_broker
+from hcp.settings import add_settings
 from hcp.topics import Topics
 from tools.bench.progress import Progress
-from tools.record.recording import read_manifest, record, replay
+from tools.record.recording import check_files, read_manifest, record, replay
 
 __all__ = ["register"]
 
@@ -33,11 +35,21 @@ def _resolve(names: list[str] | None, prefix: str) -> list[str]:
 
 
 def _record(args: argparse.Namespace) -> int:
+    # Checked before the broker: a bad --out should not wait for Kafka to say so.
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        msg = f"--out {out} is a file; give a directory for the recording"
+        raise ConfigError(msg)
     check_broker(args.bootstrap)
     topics = _resolve(args.topics, args.topic_prefix)
     progress = Progress("record", unit="messages", enabled=not args.quiet)
     recorded = record(
-        args.bootstrap, topics, Path(args.out), prefix=args.topic_prefix, progress=progress.update
+        args.bootstrap,
+        topics,
+        Path(args.out),
+        prefix=args.topic_prefix,
+        progress=progress.update,
+        overwrite=args.overwrite,
     )
     progress.close()
     for r in recorded:
@@ -47,9 +59,10 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    check_broker(args.bootstrap)
     in_dir = Path(args.input)
     _, recorded = read_manifest(in_dir)
+    check_files(in_dir, recorded)
+    check_broker(args.bootstrap)
     wanted = set(args.topics or [])
     total = sum(
         r.messages
@@ -88,7 +101,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         env="HCP_RECORD_OUT",
         required=False,
         default="recording",
-        help="directory to write the recording to",
+        help="directory to write the recording to: new, empty, or (with --overwrite) an "
+        "earlier recording",
+    )
+    env_flag(
+        rec,
+        "--overwrite",
+        env="HCP_RECORD_OVERWRITE",
+        help="replace the recording already in --out (its manifest and Parquet files only)",
     )
     env_arg(
         rec,
@@ -97,9 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_topic_list,
         help="comma-separated topics (default: the four input topics)",
     )
-    env_flag(rec, "--quiet", env="HCP_QUIET", help="no progress line")
-    add_connection_args(rec)
-    add_topic_args(rec)
+    add_settings(rec, "quiet", "bootstrap", "topic_prefix")
     rec.set_defaults(func=_record)
 
     rep = subparsers.add_parser(
@@ -120,14 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="recording",
         help="recording directory written by `hcp record`",
     )
-    env_arg(
-        rep,
-        "--speed",
-        env="HCP_SPEED",
-        default=1.0,
-        type=speed_value,
-        help="factor of the recorded pace, or 'max' for as fast as possible",
-    )
+    add_settings(rep, "speed")
     env_arg(
         rep,
         "--topics",
@@ -141,7 +152,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         env="HCP_REPLAY_KEEP_TIMESTAMPS",
         help="send the recorded message timestamps instead of the current time",
     )
-    env_flag(rep, "--quiet", env="HCP_QUIET", help="no progress line")
-    add_connection_args(rep)
-    add_topic_args(rep)
+    add_settings(rep, "quiet", "bootstrap", "topic_prefix", "partitions")
     rep.set_defaults(func=_replay)

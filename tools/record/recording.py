@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -30,7 +31,7 @@ from confluent_kafka import (
 )
 
 from hcp.errors import ConfigError, HcpError
-from hcp.kafka_admin import ensure_topics, partition_counts
+from hcp.kafka_admin import ensure_topics, partition_counts, split_fetch
 
 __all__ = [
     "FORMAT",
@@ -38,7 +39,9 @@ __all__ = [
     "CheckedProducer",
     "RecordedTopic",
     "ReplayStats",
+    "check_files",
     "create_topics",
+    "prepare_out_dir",
     "read_manifest",
     "record",
     "replay",
@@ -142,16 +145,8 @@ def _record_topic(
                     raise HcpError(msg)
                 continue
             idle_deadline = time.monotonic() + timeout_s
-            msgs = [m for m in batch if m.error() is None]
-            if len(msgs) != len(batch):
-                for m in batch:
-                    err = m.error()
-                    if err is None:
-                        continue
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        msg = f"reading {topic}: {err.str()}"
-                        raise HcpError(msg)
-                    pending.discard(m.partition())
+            msgs, eofs = split_fetch(batch, f"reading {topic}")
+            pending.difference_update(m.partition() for m in eofs)
             # One comprehension per column: much cheaper than five appends per message.
             parts.extend([m.partition() for m in msgs])
             offs.extend([m.offset() for m in msgs])
@@ -176,6 +171,45 @@ def _record_topic(
     return RecordedTopic(topic, path.name, partitions, total, per_partition, first_ts, last_ts)
 
 
+def prepare_out_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """Make ``out_dir`` ready for a new recording, or refuse with the reason.
+
+    A new recording never shares a directory with old files: a manifest lists only its own
+    topics, so a file left from an earlier recording would look like part of it to a reader
+    of the directory. An existing recording is replaced only with ``overwrite``, and then
+    only its own files (the manifest and the Parquet files) are deleted; a directory holding
+    anything else is always refused.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        msg = f"--out {out_dir} is a file; give a directory for the recording"
+        raise ConfigError(msg)
+    if not out_dir.exists():
+        out_dir.mkdir(parents=True)
+        return
+    entries = list(out_dir.iterdir())
+    if not entries:
+        return
+    ours = [p for p in entries if p.is_file() and (p.name == MANIFEST or p.suffix == ".parquet")]
+    others = sorted(p.name for p in entries if p not in ours)
+    if others:
+        msg = (
+            f"--out {out_dir} is not empty and holds files that are not a recording's "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); give a new or "
+            f"empty directory"
+        )
+        raise ConfigError(msg)
+    if not overwrite:
+        msg = (
+            f"--out {out_dir} already holds a recording; give a new directory, or "
+            f"--overwrite to replace it"
+        )
+        raise ConfigError(msg)
+    # The manifest goes first: an interrupted clean-up leaves no manifest naming lost files.
+    for path in sorted(ours, key=lambda p: p.name != MANIFEST):
+        path.unlink()
+    log.info("removed the previous recording in %s (%d files)", out_dir, len(ours))
+
+
 def record(
     bootstrap: str,
     topics: Sequence[str],
@@ -184,19 +218,21 @@ def record(
     prefix: str | None = None,
     progress: ProgressFn | None = None,
     timeout_s: float = 30.0,
+    overwrite: bool = False,
 ) -> list[RecordedTopic]:
     """Record every message of ``topics`` into ``out_dir``; return what was written.
 
     ``prefix`` is the topic prefix the names share (stored so :func:`replay` can map them
     to another prefix). Reading stops at each partition's end as of the moment it is
-    reached; messages produced later are not recorded.
+    reached; messages produced later are not recorded. ``out_dir`` must be new or empty,
+    or hold an earlier recording and ``overwrite`` be set (see :func:`prepare_out_dir`).
     """
     counts = partition_counts(bootstrap, list(topics))
     missing = [t for t in topics if t not in counts]
     if missing:
         msg = f"topics not found on {bootstrap}: {', '.join(missing)}"
         raise ConfigError(msg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir, overwrite)
     recorded = []
     for topic in topics:
         path = out_dir / f"{topic}.parquet"
@@ -228,15 +264,22 @@ def record(
 def read_manifest(in_dir: Path) -> tuple[str, list[RecordedTopic]]:
     """The recorded prefix and topics of a recording directory."""
     path = in_dir / MANIFEST
+    if in_dir.exists() and not in_dir.is_dir():
+        msg = f"{in_dir} is a file, not a recording directory (written by `hcp record --out`)"
+        raise ConfigError(msg)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         msg = f"{in_dir} is not a recording: {MANIFEST} is missing"
         raise ConfigError(msg) from None
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         msg = f"{path} is not valid JSON: {exc}"
         raise ConfigError(msg) from None
-    if data.get("format") != FORMAT or data.get("version") != FORMAT_VERSION:
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != FORMAT
+        or data.get("version") != FORMAT_VERSION
+    ):
         msg = f"{path} is not an {FORMAT} v{FORMAT_VERSION} manifest"
         raise ConfigError(msg)
     topics = [
@@ -267,6 +310,28 @@ def _select(recorded: list[RecordedTopic], prefix: str, wanted: Sequence[str] | 
             raise ConfigError(msg)
         chosen.append(rec)
     return chosen
+
+
+def check_files(in_dir: Path, chosen: Sequence[RecordedTopic]) -> None:
+    """Every chosen topic's Parquet file is there and readable, with the recorded columns.
+
+    Checked before anything is produced, so a damaged recording fails in one line instead of
+    halfway through a replay.
+    """
+    for r in chosen:
+        path = in_dir / r.file
+        try:
+            schema = pq.read_schema(path)
+        except FileNotFoundError:
+            msg = f"recording {in_dir} is incomplete: {r.file} (topic {r.topic}) is missing"
+            raise ConfigError(msg) from None
+        except (OSError, pa.ArrowException) as exc:
+            msg = f"{path} is not a readable Parquet file: {exc}"
+            raise ConfigError(msg) from None
+        absent = [c for c in RECORD_SCHEMA if c not in schema.names]
+        if absent:
+            msg = f"{path} lacks the recording columns {', '.join(absent)}"
+            raise ConfigError(msg)
 
 
 def _load(in_dir: Path, chosen: list[RecordedTopic]) -> pl.DataFrame:
@@ -391,6 +456,7 @@ def replay(
         raise ConfigError(msg)
     rec_prefix, recorded = read_manifest(in_dir)
     chosen = _select(recorded, rec_prefix, topics)
+    check_files(in_dir, chosen)
 
     def dest(name: str) -> str:
         if prefix is None or not rec_prefix or not name.startswith(rec_prefix):

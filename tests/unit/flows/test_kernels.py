@@ -82,8 +82,10 @@ def _asic_run(windows: list[dict], fee: float, hyst: float, dwell: int) -> list[
 
 window_st = st.fixed_dictionaries(
     {
-        "hash": st.floats(0, 400),
-        "power": st.floats(0, 5000),
+        # Subnormal readings (1e-311 TH/s) lose precision differently depending on the
+        # order of multiplications, which the kernel and its twin need not share.
+        "hash": st.floats(0, 400, allow_subnormal=False),
+        "power": st.floats(0, 5000, allow_subnormal=False),
         "mhash": st.one_of(st.just(math.nan), st.floats(1, 400)),
         "mpower": st.floats(100, 5000),
         "elec": st.one_of(st.just(math.nan), st.floats(0, 3000)),
@@ -297,3 +299,11 @@ def test_empty_window_inputs() -> None:
     late, m = k.late_mask(np.zeros(0, np.int64), 5, 0)
     assert late.shape == (0,) and m == 5
     assert apply_power_caps(pl.DataFrame()).height == 0
+
+
+def test_state_codes_are_the_contract_positions_the_shards_encode() -> None:
+    from hcp.schemas import ASIC_STATES, GPU_STATES
+
+    assert [GPU_STATES[c] for c in (k.GPU_BUSY, k.GPU_IDLE, k.GPU_DOWN)] == ["busy", "idle", "down"]
+    asic = (k.ASIC_MINING, k.ASIC_CURTAILED, k.ASIC_FAULT)
+    assert [ASIC_STATES[c] for c in asic] == ["mining", "curtailed", "fault"]

@@ -182,7 +182,7 @@ def test_recommendations_wait_for_the_fleet_and_apply_from_their_window_end() ->
 
 
 def test_a_timer_runs_in_a_tick_without_input() -> None:
-    fleet = SimFleet(1)
+    fleet = SimFleet(3)
     clock = RouterClock.create(Router(RouterConfig(assign_timeout_s=30)), ("gpu#0", "req#0"))
     clock.add_batch("gpu", "gpu#0", fleet.status(T0).drop("v"))
     clock.add_batch("workloads", "req#0", req_rows([{"ts": T0 + 200, "workload_id": "lost"}]),
@@ -193,17 +193,20 @@ def test_a_timer_runs_in_a_tick_without_input() -> None:
     events, msgs = clock.router.drain()
     expiry = events.filter(pl.col("reason") == "assign_timeout")
     # Assigned at the end of tick T0 (T0+1 s), due 30 s + 1 ms later: the round at T0+32 s
-    # requeues and places it again, and so on until the input ends at T0+100 s.
+    # requeues and places it again on another GPU, and so on until no GPU is left that
+    # has not failed it.
     assert expiry["ts"].to_list() == [T0 + 32_000, T0 + 63_000, T0 + 94_000]
-    assigned = events.filter(pl.col("to_state") == "assigned")["ts"].to_list()
-    assert assigned == [T0 + 1_000, T0 + 32_000, T0 + 63_000, T0 + 94_000]
+    assigned = events.filter(pl.col("to_state") == "assigned")
+    assert assigned["ts"].to_list() == [T0 + 1_000, T0 + 32_000, T0 + 63_000]
+    assert assigned["gpus"].n_unique() == 3  # never the same unresponsive GPU twice
     assert [m["action"] for m in msgs][:3] == ["assign", "preempt", "assign"]
 
 
 def test_fleet_stage_sends_its_watermark_after_the_recs() -> None:
     logic = FleetLogic(("0", "1"), False, FleetState())
-    win = pl.DataFrame({"device_id": ["gpu-1"], "device_type": ["gpu"], "window_end": [T0],
-                        "action": ["serve"], "expected_power_w": [700.0],
+    win = pl.DataFrame({"device_id": ["gpu-1"], "device_type": ["gpu"], "site": ["site-01"],
+                        "window_end": [T0], "action": ["serve"], "power_w": [690.0],
+                        "net_usd_hr": [1.5], "expected_power_w": [700.0],
                         "expected_net_usd_hr": [1.0], "power_cap_mw": [None]},
                        schema_overrides={"power_cap_mw": pl.Float64})
     out, _ = logic.on_batch([("win", "0", T0 - 60_000, win), ("wm", "0", T0)])

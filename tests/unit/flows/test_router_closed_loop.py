@@ -69,7 +69,7 @@ def replay_no_double_running(events: pl.DataFrame) -> int:
 def test_100_gpus_10k_requests_nothing_lost_no_double_booking(driver: str) -> None:
     reqs = make_requests(seed=42)
     fleet = SimFleet(100, sites=("north", "south", "east", "west"), seed=1)
-    router = Router(RouterConfig(min_runtime_s=30, aging_s=120, tick_ms=STEP_MS))
+    router = Router(RouterConfig(min_runtime_s=30, tick_ms=STEP_MS))
     clock = RouterClock.create(router, ("requests#0", "gpu#0"))
     ts_col = reqs["ts"].to_numpy()
     events: list[pl.DataFrame] = []

@@ -114,8 +114,13 @@ def test_assign_greedy_matches_sequential_reference(seed: int) -> None:
     order = gpu_order(score, rank)
     gpus, mem, maxp = random_workloads(rng, 30)
     block = rng.random(30) < (0.1 if seed % 2 else 0.0)
+    # Some workloads avoid a few GPUs (ones that never started them before).
+    avoid = [sorted(rng.choice(50, int(rng.integers(0, 6)), replace=False).tolist())
+             if rng.random() < 0.3 else [] for _ in range(30)]
+    avoid_ptr = np.cumsum([0, *map(len, avoid)]).astype(np.int64)
+    avoid_gpu = np.array([g for a in avoid for g in a], dtype=np.int64)
     start, out = assign_greedy(gpus, mem, maxp, order, free.copy(), mem_free, temp, spot, site,
-                               score, 4, TEMP_MAX, block)
+                               score, 4, TEMP_MAX, block, avoid_ptr, avoid_gpu)
     ref_free = free.copy()
     used: set[int] = set()
     stopped = False
@@ -123,7 +128,9 @@ def test_assign_greedy_matches_sequential_reference(seed: int) -> None:
         if stopped:
             assert start[w] == -1
             continue
-        expected = ref_pick(int(gpus[w]), mem[w], maxp[w], ref_free, mem_free, temp, spot, site,
+        own_free = ref_free.copy()
+        own_free[avoid[w]] = False
+        expected = ref_pick(int(gpus[w]), mem[w], maxp[w], own_free, mem_free, temp, spot, site,
                             score, rank)
         if expected is None:
             assert start[w] == -1

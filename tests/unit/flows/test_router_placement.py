@@ -76,7 +76,7 @@ def test_multi_gpu_job_lands_on_one_site() -> None:
     assert len(msg["gpu_ids"]) == 3 and len(sites) == 1
     assert not taken & set(msg["gpu_ids"])
     loop.step(1, [{"workload_id": "too-big", "gpus": 5}])  # no site has 5 GPUs
-    assert loop.state("too-big") == "queued"
+    assert loop.state("too-big") == "failed"  # unschedulable: no site could ever hold it
 
 
 def test_memory_fit_respected() -> None:
@@ -89,7 +89,7 @@ def test_memory_fit_respected() -> None:
     placed = {m["workload_id"]: m["gpu_ids"] for m in loop.msgs}
     assert placed["m100"] == ["gpu-00003"]
     assert placed["m60"] == ["gpu-00002"]
-    assert "m200" not in placed and loop.state("m200") == "queued"
+    assert "m200" not in placed and loop.state("m200") == "failed"  # above every GPU
 
 
 def test_power_down_gpus_get_no_work_and_cheaper_power_wins() -> None:
@@ -191,15 +191,17 @@ def test_assignment_timeout_requeues() -> None:
     router.route()
     events, msgs = router.drain()
     assert events["reason"].to_list()[0] == "assign_timeout"
-    assert [m["action"] for m in msgs] == ["preempt", "assign"]  # cancelled, then placed again
+    # Cancelled; the only GPU never started it, so it is not offered that GPU again.
+    assert [m["action"] for m in msgs] == ["preempt"]
+    assert router.workloads["lost"].pending_reason == "gpus_unresponsive"
 
 
 def run_stream(guard: float | None) -> Loop:
-    """4 GPUs; a 4-GPU priority-1 job among 1-GPU jobs that arrive faster than they run."""
+    """4 GPUs; a 4-GPU job among same-priority 1-GPU jobs that arrive faster than they run."""
     loop = Loop(SimFleet(4, sites=("a",)), starvation_guard_s=guard, urgent_priority=11)
     # Staggered durations keep the GPUs from ever freeing together by accident.
     loop.step(1, [{"workload_id": f"s{i}", "est_duration_s": 30 + 15 * i} for i in range(4)])
-    loop.step(1, [{"workload_id": "big", "gpus": 4, "priority": 1, "est_duration_s": 60}])
+    loop.step(1, [{"workload_id": "big", "gpus": 4, "priority": 5, "est_duration_s": 60}])
     for i in range(600):
         dur = 50 + 7 * (i % 5)
         loop.step(5, [{"workload_id": f"t{i}", "est_duration_s": dur}] if i % 2 == 0 else None)

@@ -44,14 +44,9 @@ from bytewax.operators import windowing as win
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 
-from hcp.config import (
-    add_connection_args,
-    add_topic_args,
-    env_arg,
-    non_negative_float,
-    positive_int,
-)
+from hcp.config import env_arg
 from hcp.schemas import REC_SCHEMA
+from hcp.settings import add_settings
 from hcp.topics import Topics
 from tools.bench.baseline.logic import (
     BaselineConfig,
@@ -191,24 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         description="The per-event Bytewax baseline of hcp bench: read the topics to their "
         "end, write the recommendations as Parquet.",
     )
-    add_connection_args(parser)
-    add_topic_args(parser)
+    add_settings(
+        parser, "bootstrap", "topic_prefix", "window_s", "lateness_s", "pool_fee", "hysteresis",
+        "dwell_s", "workers",
+        helps={"workers": "ignored: the baseline runs one worker (its gather step is one key)"},
+    )
     env_arg(parser, "--out", env="HCP_BASELINE_OUT", default="baseline-recs.parquet",
             help="recommendations Parquet file to write")
     env_arg(parser, "--stats", env="HCP_BASELINE_STATS", default=None,
             help="JSON file for the counters (bad input, late events, seconds)")
-    env_arg(parser, "--window-s", env="HCP_WINDOW_S", default=60.0, type=non_negative_float,
-            help="tumbling window length in seconds")
-    env_arg(parser, "--lateness-s", env="HCP_LATENESS_S", default=5.0, type=non_negative_float,
-            help="allowed lateness in seconds")
-    env_arg(parser, "--pool-fee", env="HCP_POOL_FEE", default=0.0, type=non_negative_float,
-            help="mining pool fee")
-    env_arg(parser, "--hysteresis", env="HCP_HYSTERESIS", default=0.05, type=non_negative_float,
-            help="ASIC switch margin")
-    env_arg(parser, "--dwell-s", env="HCP_DWELL_S", default=600.0, type=non_negative_float,
-            help="minimum seconds between ASIC switches")
-    env_arg(parser, "--workers", env="HCP_WORKERS", default=1, type=positive_int,
-            help="ignored: the baseline runs one worker (its gather step is one key)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = BaselineConfig(

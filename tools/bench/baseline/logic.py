@@ -3,9 +3,11 @@
 This is what a user writing the profitability job without HCP would write: one
 ``json.loads`` and one validation per message, a per-device fold over each window's
 samples, and per-device Python functions for the as-of price join, the economics and the
-decisions of SPEC sections 2-3 (the same rules as ``flows/profitability/kernels.py`` and
-``flows/profitability/fleet.py``, written independently, so the benchmark can check that HCP and the
-baseline decide the same). No Numba and no polars on the hot path.
+decisions of contract sections 2-3. The windowing, the price join, the economics and the
+power cap are written independently of ``flows/``, so the benchmark can check that HCP and
+the baseline decide the same; the mine/curtail switching rule and the revenue rate are the
+job's own scalar functions (``flows/profitability/kernels.py``: one copy of each rule), called
+once per device window. No polars on the hot path.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from flows import decode
+from flows.profitability import kernels as k
 from hcp.schemas import (
     ASIC_FIELDS,
     GPU_FIELDS,
@@ -189,36 +192,18 @@ def _asic_rec(st: _Asic, sums: list, prices: _Prices, end: int, cfg: BaselineCon
     difficulty = prices.as_of("difficulty", end)
     reward = prices.as_of("block_reward_btc", end, DEFAULT_BLOCK_REWARD)
     elec = prices.as_of(f"electricity_usd_mwh:{site}", end)
-    usd_per_th_hr = (
-        1e12 * 3600.0 * reward / (difficulty * 4294967296.0) * btc * (1.0 - cfg.pool_fee)
-    )
+    usd_per_th_hr = k.usd_per_th_hour(btc, difficulty, reward, cfg.pool_fee)
     revenue = mean_hash * usd_per_th_hr
     cost = mean_power / 1e6 * elec
     e_rev = st.exp_hash * usd_per_th_hr
     e_cost = st.exp_power / 1e6 * elec
     e_net = e_rev - e_cost
-    cur = st.action
-    if math.isnan(e_net):
-        action, reason = cur, "no_price"
-    else:
-        margin = cfg.hysteresis * e_rev
-        want = cur
-        if cur == "mine" and e_net < -margin:
-            want = "curtail"
-        elif cur == "curtail" and e_net > margin:
-            want = "mine"
-        if want != cur:
-            if st.last_switch < 0 or end - st.last_switch >= cfg.dwell_ms:
-                st.action, st.last_switch = want, end
-                action, reason = want, ("profitable" if want == "mine" else "unprofitable")
-            else:
-                action, reason = cur, "hysteresis_hold"
-        elif cur == "mine" and e_net >= 0:
-            action, reason = cur, "profitable"
-        elif cur == "curtail" and e_net <= 0:
-            action, reason = cur, "unprofitable"
-        else:
-            action, reason = cur, "hysteresis_hold"
+    # The switching rule is the job's own (one copy); the baseline differs in how it gets here.
+    code, why, st.last_switch = k.asic_switch(
+        k.ACTIONS.index(st.action), st.last_switch, e_net, e_rev, cfg.hysteresis, cfg.dwell_ms, end
+    )
+    st.action = action = k.ACTIONS[code]
+    reason = k.REASONS[why]
     return {
         "device_type": "asic", "site": site, "model": sums[11],
         "action": action, "reason": reason,
@@ -315,7 +300,7 @@ def decide(gathered: Gathered, cfg: BaselineConfig) -> list[dict]:
         _apply_power_caps(recs)
         out.extend(recs)
     for rec in out:
-        for k, v in rec.items():
+        for name, v in rec.items():
             if isinstance(v, float) and math.isnan(v):
-                rec[k] = None
+                rec[name] = None
     return out

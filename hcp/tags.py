@@ -1,0 +1,27 @@
+"""The kinds of item on the job's output stream, each ``(tag, payload)``.
+
+One merged stream feeds every sink (Redis, PostgreSQL, the DLQ and assignment producers);
+each sink takes the tags it knows and ignores the rest. Naming the tags here, once, lets a
+reader find every producer and consumer of a kind by searching for its member.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["Out"]
+
+
+class Out(StrEnum):
+    """Tag of an output item; the payload is a polars DataFrame unless said otherwise."""
+
+    DLQ = "dlq"  # dead letters: original bytes, source position and reason
+    PRICES = "prices"  # price rows (PRICE_ROW_SCHEMA)
+    GPU_RAW = "gpu_raw"  # decoded GPU telemetry, for raw storage
+    ASIC_RAW = "asic_raw"  # decoded ASIC telemetry, for raw storage
+    WINDOWS = "windows"  # closed device windows (WINDOW_SCHEMA)
+    RECS = "recs"  # recommendations of whole windows (REC_SCHEMA)
+    FLEET_WM = "fleet_wm"  # payload int: every window ending at or before it has been emitted
+    WORKLOAD_EVENTS = "workload_events"  # workload state transitions
+    ASSIGNMENTS = "assignments"  # payload list of assignment messages for the fleet
+    GPU_HEALTH = "gpu_health"  # the router's GPU cordon changes (GPU_HEALTH_SCHEMA)
