@@ -64,6 +64,8 @@ def _db(dsn: str) -> psycopg.Connection:
 def _create(args: argparse.Namespace) -> int:
     if args.role == "admin" and args.customer:
         raise ConfigError("--customer is for customer keys only")
+    if args.role == "customer" and not args.customer:
+        raise ConfigError("a customer key needs --customer ID")
     with _db(args.pg) as conn:
         key_id, key = create_key(conn, args.role, args.customer)
     who = f" for customer {args.customer}" if args.customer else ""

@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     env_arg(
         parser,
         "--api-port",
-        env="HCP_API_PORT",
+        env="HCP_DEMO_API_PORT",
         default=8080,
         type=int,
         help="port of the HTTP API the demo starts (a free one when taken; -1: no API)",
