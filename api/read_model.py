@@ -398,6 +398,7 @@ class ReadModel:
                     workloads[doc["workload_id"]] = doc
         self.recs, self.workloads = recs, workloads
         self._index = _Index()
+        self.sorted_ids()  # build the id index now, not in the first list request
         self._rec_id, self._wl_id = rec_last, wl_last
         await self._small()
         self.ready = True
