@@ -58,19 +58,21 @@ def run(args: argparse.Namespace) -> int:
     metrics.configure(settings.metrics_port, settings.metrics_host)  # checks the range
     check_broker(settings.bootstrap)
     _check_input_topics(settings)
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: finishing the current batches and stopping", signum)
+        request_shutdown()
+
+    # Before /metrics answers: a supervisor that sees the endpoint up may stop the job at
+    # once, and a SIGTERM during schema setup or flow building must still stop it cleanly.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     metrics.configure(settings.metrics_port, settings.metrics_host, serve_now=True)
     if not settings.no_pg:
         from sinks.postgres.schema import apply_migrations
 
         apply_migrations(settings.pg)
     flow = build_flow(settings)
-
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: finishing the current batches and stopping", signum)
-        request_shutdown()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     recovery = None
     if settings.recovery_dir is not None:
         from flows.recovery import prepare_recovery_dir

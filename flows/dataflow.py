@@ -7,6 +7,9 @@
                                                    └─► shard by partition ──► windows + decisions
                                                           ──► fleet: all shards, power caps
                                                                 ──► Redis, PostgreSQL
+                                                                ──► compliance: commands
+                                                                    (hcp.fleet.commands),
+                                                                    commanded vs observed
 
 Kafka partitions are the unit of parallelism: a shard owns one partition number of the
 telemetry topics and every worker Bytewax gives it; prices are broadcast to every shard.
@@ -23,6 +26,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import Sink
 
 from flows import metrics
+from flows.compliance import ComplianceConfig, ComplianceLogic, ComplianceState
 from flows.profitability.fleet import FleetLogic, FleetState
 from flows.profitability.prices import price_rows
 from flows.profitability.shard import ShardConfig, ShardLogic
@@ -33,6 +37,7 @@ from flows.source import KafkaBatchSource, SourceBatch, shutdown_requested
 from hcp.kafka_admin import ensure_topics
 from hcp.tags import Out
 from sinks.assignments import AssignmentSink
+from sinks.commands import CommandSink
 from sinks.dlq import DlqSink
 
 __all__ = ["build_flow"]
@@ -95,6 +100,7 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
             pool_fee=settings.pool_fee,
             hysteresis=settings.hysteresis,
             dwell_ms=settings.dwell_ms,
+            max_price_age_ms=settings.max_price_age_ms,
             flush_on_eof=settings.once and not shutdown_requested(),
             inputs=shard_inputs(int(shard)),
         )
@@ -112,6 +118,20 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
 
     decided = op.stateful_batch("fleet", to_fleet, build_fleet)
     recs = op.map("untag_fleet", decided, lambda kv: kv[1])
+
+    # The control loop (docs/control-loop.md): commands for the fleet, and how it obeyed.
+    def build_compliance(resume: bytes | None) -> ComplianceLogic:
+        state = pickle.loads(resume) if resume is not None else ComplianceState()
+        config = ComplianceConfig(
+            window_ms=settings.window_ms,
+            grace_ms=settings.compliance_grace_ms,
+            flag_windows=settings.compliance_windows,
+        )
+        return ComplianceLogic(config, state)
+
+    to_compliance = op.map("to_compliance", recs, lambda item: ("fleet", item))
+    judged = op.stateful_batch("compliance", to_compliance, build_compliance)
+    control = op.map("untag_compliance", judged, lambda kv: kv[1])
 
     def side_outputs(batch: SourceBatch) -> list[tuple]:
         out: list[tuple] = []
@@ -132,9 +152,10 @@ def build_flow(settings: JobSettings, extra_sinks: Iterable[Sink] = ()) -> Dataf
     router_config = RouterConfig(lateness_ms=settings.lateness_ms,
                                  assign_timeout_s=settings.assign_timeout_s)
     routed = add_router_branch(batches, recs, router_config, router_inputs(source))
-    everything = op.merge("outputs", recs, side, routed)
+    everything = op.merge("outputs", recs, side, routed, control)
     op.output("dlq_out", everything, DlqSink(settings.bootstrap, topics.dlq))
     op.output("assignments_out", everything, AssignmentSink(settings.bootstrap, topics.assignments))
+    op.output("commands_out", everything, CommandSink(settings.bootstrap, topics.commands))
     if not settings.no_redis:
         from sinks.redis.sink import RedisSink
 

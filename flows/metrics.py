@@ -33,6 +33,23 @@ DECODE_SECONDS = Histogram("hcp_decode_seconds", "Time to decode one fetched bat
 BATCH_SECONDS = Histogram("hcp_batch_seconds", "Time to fold one batch into window state", ["kind"])
 WINDOWS_CLOSED = Counter("hcp_windows_closed_total", "Device windows closed", ["device_type"])
 RECOMMENDATIONS = Counter("hcp_recommendations_total", "Recommendations per action", ["action"])
+STALE_PRICE_DECISIONS = Counter(
+    "hcp_stale_price_decisions_total",
+    "Decisions made under the stale-price fail-safe (a price feed older than allowed)",
+    ["device_type"],
+)
+COMMANDS = Counter(
+    "hcp_fleet_commands_total", "Commands sent to the fleet (changed actions)", ["action"]
+)
+FLAGGED_DEVICES = Gauge(
+    "hcp_noncompliant_devices",
+    "Devices out of step with their command for the flagging number of windows, per site",
+    ["site"],
+)
+SITE_POWER_KW = Gauge(
+    "hcp_site_power_kw", "A site's commanded and observed power in its latest window",
+    ["site", "kind"],
+)
 CONSUMER_LAG = Gauge(
     "hcp_consumer_lag", "Messages behind the partition end (librdkafka)", ["topic", "partition"]
 )

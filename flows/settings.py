@@ -30,6 +30,9 @@ class JobSettings:
     pool_fee: float = default("pool_fee")
     hysteresis: float = default("hysteresis")
     dwell_s: float = default("dwell_s")
+    max_price_age_s: float = default("max_price_age_s")
+    compliance_grace_s: float = default("compliance_grace_s")
+    compliance_windows: int = default("compliance_windows")
     assign_timeout_s: float = default("assign_timeout_s")
     batch_size: int = default("batch_size")
     linger_s: float = default("linger_s")
@@ -60,6 +63,14 @@ class JobSettings:
     @property
     def dwell_ms(self) -> int:
         return round(self.dwell_s * 1000)
+
+    @property
+    def max_price_age_ms(self) -> int:
+        return round(self.max_price_age_s * 1000)
+
+    @property
+    def compliance_grace_ms(self) -> int:
+        return round(self.compliance_grace_s * 1000)
 
     def validate(self) -> JobSettings:
         if self.window_ms < 1000 or 86_400_000 % self.window_ms != 0:
@@ -98,6 +109,7 @@ class JobSettings:
 JOB_SETTINGS = (
     "bootstrap", "redis", "pg", "redis_prefix", "topic_prefix", "partitions",
     "window_s", "lateness_s", "idle_timeout_s", "pool_fee", "hysteresis", "dwell_s",
+    "max_price_age_s", "compliance_grace_s", "compliance_windows",
     "assign_timeout_s", "once", "workers", "batch_size", "linger_s", "stream_maxlen",
     "metrics_port", "metrics_host", "no_raw", "no_redis", "no_pg", "recovery_dir",
     "snapshot_interval_s", "recovery_partitions",

@@ -7,6 +7,7 @@ import math
 import sys
 from datetime import UTC, datetime
 
+from generators.control import ControlConfig
 from generators.run import Progress, generate
 from generators.scenario import load_scenario, parse_instant_ms
 from generators.simulation import SimConfig
@@ -16,7 +17,7 @@ from hcp.config import (
     non_negative_float,
 )
 from hcp.errors import ConfigError
-from hcp.settings import add_settings
+from hcp.settings import SETTINGS, add_settings
 from hcp.topics import Topics
 
 __all__ = ["register"]
@@ -62,6 +63,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="close the loop: GPUs run the work the router assigns on the assignments topic "
         "(output then depends on the running job, so it is no longer reproducible)",
     )
+    add_settings(parser, "ignore_share")
+    # The group add_settings made for --ignore-share: the loop's flags stay together.
+    ctl = next(g for g in parser._action_groups if g.title == SETTINGS["ignore_share"].group)
+    env_flag(
+        ctl,
+        "--follow-commands",
+        env="HCP_FOLLOW_COMMANDS",
+        help="close the loop: ASICs curtail/resume and GPUs power down as the job commands "
+        "on the fleet commands topic (output then depends on the running job)",
+    )
+    env_arg(
+        ctl,
+        "--ramp-s",
+        env="HCP_RAMP_S",
+        default=30.0,
+        type=non_negative_float,
+        help="simulated seconds from seeing a command to acting on it",
+    )
+    env_arg(
+        ctl,
+        "--late-share",
+        env="HCP_LATE_SHARE",
+        default=0.0,
+        type=non_negative_float,
+        help="share of devices (0-1, seeded) that obey --late-s later than the ramp",
+    )
+    env_arg(
+        ctl,
+        "--late-s",
+        env="HCP_LATE_S",
+        default=300.0,
+        type=non_negative_float,
+        help="extra delay of the late devices, simulated seconds",
+    )
     env_arg(
         sim,
         "--progress-interval",
@@ -80,6 +115,17 @@ def run(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(str(exc)) from None
     sites = [f"site-{i + 1:02d}" for i in range(args.sites)]
+    control = None
+    if args.follow_commands:
+        try:
+            control = ControlConfig(
+                ramp_s=args.ramp_s,
+                ignore_share=args.ignore_share,
+                late_share=args.late_share,
+                late_s=args.late_s,
+            ).validate()
+        except ValueError as exc:
+            raise ConfigError(f"--{exc}") from None
     scenario = (
         load_scenario(args.scenario, start_ms, sites, args.duration) if args.scenario else None
     )
@@ -95,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         workloads=not args.no_workloads,
         scenario=scenario,
         closed_loop=args.follow_assignments,
+        control=control,
     )
     interval = args.progress_interval
     topics = Topics(prefix=args.topic_prefix)

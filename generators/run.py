@@ -87,6 +87,24 @@ def _follow(
     return hook
 
 
+def _obey(
+    bootstrap: str, topics: Topics, then: Callable[[Simulation, int], None] | None
+) -> Callable[[Simulation, int], None]:
+    """An ``on_second`` hook that hands the job's fleet commands to the simulation."""
+    from hcp.commands import CommandReader
+
+    reader = CommandReader(bootstrap, topics.commands)
+
+    def hook(sim: Simulation, second: int) -> None:
+        msgs = reader.poll(timeout_s=0)
+        if msgs and sim.control is not None:
+            sim.control.receive(sim, msgs, sim.config.start_ms + second * 1000)
+        if then is not None:
+            then(sim, second)
+
+    return hook
+
+
 def _block_seconds(config: SimConfig, speed: float, target_rows: int = 65_536) -> int:
     per_second = config.gpus + config.asics
     block = max(1, min(60, target_rows // max(per_second, 1)))
@@ -121,6 +139,9 @@ def generate(
     if config.closed_loop:
         create_topics(bootstrap, [topics.assignments], partitions)
         on_second = _follow(bootstrap, topics, on_second)
+    if config.control is not None:
+        create_topics(bootstrap, [topics.commands], partitions)
+        on_second = _obey(bootstrap, topics, on_second)
     sim.on_second = on_second
     producer = BulkProducer(bootstrap, producer_config)
     summary = Summary(counts={names[s]: 0 for s in STREAMS}, seconds=config.duration_s)

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from generators.asic_fleet import CURTAILED, FAULT, MINING, AsicFleet
+from generators.control import ControlConfig, FleetControl
 from generators.encode import encode_frame, encode_records
 from generators.gpu_fleet import BUSY, DOWN, IDLE, GpuFleet, GpuParams
 from generators.keys import partitions_for, site_ids, site_of
@@ -51,6 +52,8 @@ class SimConfig:
     scenario: Scenario | None = None
     # GPUs run only what the router assigns (hcp.workloads.assignments), no background jobs.
     closed_loop: bool = False
+    # Fleets follow the job's commands on hcp.fleet.commands (generators/control.py).
+    control: ControlConfig | None = None
 
 
 @dataclass
@@ -108,6 +111,9 @@ class Simulation:
         self._bursts: list[Burst] = []
         self._site_mw = self._nameplate_mw()
         self.on_second: Callable[[Simulation, int], None] | None = None
+        self.control = (
+            FleetControl(c.control, c.seed, c.gpus, c.asics) if c.control is not None else None
+        )
 
     # -- scenario --------------------------------------------------------------------------
     def _build_schedule(self, scenario: Scenario | None) -> dict[int, list[tuple[str, Event]]]:
@@ -186,8 +192,13 @@ class Simulation:
             for phase, ev in self._schedule.get(s, ()):
                 self._apply(phase, ev)
             amb = self.ambient(t_ms)
+            if self.control is not None:
+                self.control.apply_due(self, t_ms)
             if c.gpus:
-                gpu_cols.append(self.gpu.step(t_ms, amb))
+                cols = self.gpu.step(t_ms, amb)
+                if self.control is not None:
+                    self.control.adjust_gpu(self, cols)
+                gpu_cols.append(cols)
             if c.asics:
                 asic_cols.append(self.asic.step(t_ms, amb))
             if c.market:

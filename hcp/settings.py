@@ -50,6 +50,7 @@ _TOPICS = "topics"
 _TIME = "event time and decisions"
 _RUN = "running"
 _SIM = "simulation"
+_CONTROL = "control loop (docs/control-loop.md)"
 
 SETTINGS: dict[str, Setting] = {
     s.name: s
@@ -82,6 +83,20 @@ SETTINGS: dict[str, Setting] = {
                 "ASIC switch margin as a fraction of expected revenue", non_negative_float, _TIME),
         Setting("dwell_s", "HCP_DWELL_S", 600.0,
                 "minimum event-time seconds between two ASIC switches", non_negative_float, _TIME),
+        Setting("max_price_age_s", "HCP_MAX_PRICE_AGE_S", 900.0,
+                "stale-price fail-safe: a decision whose electricity, BTC or GPU spot price is "
+                "older than this (event-time seconds) keeps its last action, reason "
+                "stale_price; 0 turns it off", non_negative_float, _TIME),
+        # The control loop (docs/control-loop.md).
+        Setting("compliance_grace_s", "HCP_COMPLIANCE_GRACE_S", 60.0,
+                "event-time seconds a command is in force before the device is judged on it",
+                non_negative_float, _CONTROL),
+        Setting("compliance_windows", "HCP_COMPLIANCE_WINDOWS", 3,
+                "consecutive judged windows out of step after which a device is flagged",
+                positive_int, _CONTROL),
+        Setting("ignore_share", "HCP_IGNORE_SHARE", 0.0,
+                "share of simulated devices (0-1, seeded) that ignore every fleet command",
+                non_negative_float, _CONTROL),
         Setting("assign_timeout_s", "HCP_ASSIGN_TIMEOUT_S", 120.0,
                 "event-time seconds a GPU has to start assigned work before the work is "
                 "requeued and the GPU backs off; keep it above the lag between the router "

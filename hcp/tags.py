@@ -24,4 +24,7 @@ class Out(StrEnum):
     FLEET_WM = "fleet_wm"  # payload int: every window ending at or before it has been emitted
     WORKLOAD_EVENTS = "workload_events"  # workload state transitions
     ASSIGNMENTS = "assignments"  # payload list of assignment messages for the fleet
+    COMMANDS = "commands"  # fleet commands: devices whose action changed (flows/compliance.py)
+    COMPLIANCE = "compliance"  # per device and window: command vs observed, realised value
+    SITE_COMPLIANCE = "site_compliance"  # per site and window: commanded vs observed kW
     GPU_HEALTH = "gpu_health"  # the router's GPU cordon changes (GPU_HEALTH_SCHEMA)

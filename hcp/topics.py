@@ -34,6 +34,11 @@ class Topics:
         return f"{self.prefix}workloads.assignments"
 
     @property
+    def commands(self) -> str:
+        """Fleet commands (docs/control-loop.md): a device's action when it changes."""
+        return f"{self.prefix}fleet.commands"
+
+    @property
     def dlq(self) -> str:
         return f"{self.prefix}dlq"
 
@@ -42,4 +47,4 @@ class Topics:
         return [self.gpu, self.asic, self.prices, self.workloads]
 
     def all(self) -> list[str]:
-        return [*self.inputs(), self.assignments, self.dlq]
+        return [*self.inputs(), self.assignments, self.commands, self.dlq]

@@ -38,6 +38,7 @@ SUBCOMMAND_MODULES = [
     "tools.record.command",
     "tools.commands.broker",
     "tools.bench.command",
+    "tools.backtest.command",
 ]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

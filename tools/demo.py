@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 import redis
 
+from generators.control import ControlConfig
 from generators.run import generate
 from generators.scenario import load_scenario
 from generators.simulation import SimConfig
@@ -54,8 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser,
         "bootstrap", "redis", "pg", "redis_prefix", "topic_prefix",
         "scenario", "duration", "speed", "gpus", "asics", "sites", "workload_rate", "seed",
+        "ignore_share",
         defaults={"bootstrap": None, "scenario": "demo", "duration": 1200, "speed": 20.0,
-                  "gpus": 24, "workload_rate": 3.0},
+                  "gpus": 24, "workload_rate": 3.0, "ignore_share": 0.1},
         helps={"bootstrap": "unset = start the embedded broker"},
     )
     env_arg(
@@ -104,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         scenario=load_scenario(args.scenario, start_ms, sites),
         workload_rate=args.workload_rate,
         closed_loop=True,
+        # The fleet follows the job's commands (a few rebels), so curtailing shows up as
+        # a drop in the site's observed power.
+        control=ControlConfig(ignore_share=args.ignore_share),
     )
     with _broker(args.bootstrap) as bootstrap:
         return _play(args, client, bootstrap, topics, config, sites)
@@ -297,9 +302,22 @@ def _view(client: redis.Redis, prefix: str, sites: list[str]) -> str:
         net = float(s.get("net_usd_hr", 0))
         lines.append(
             f"  {site}: electricity {elec or 0:6.1f} $/MWh{extra} | net {net:8.2f} $/h"
-            f" | {counts}"
+            f" | {counts}{_power(client, prefix, site)}"
         )
     return "\n".join(lines)
+
+
+def _power(client: redis.Redis, prefix: str, site: str) -> str:
+    """Commanded vs observed power of the site's latest judged window, and its rebels."""
+    c = client.hgetall(f"{prefix}compliance:site:{site}")
+    if not c:
+        return ""
+    flagged = int(float(c.get("flagged") or 0))
+    rebels = f", {flagged} not following" if flagged else ""
+    return (
+        f" | power {float(c.get('observed_kw') or 0):6.1f} kW"
+        f" (commanded {float(c.get('commanded_kw') or 0):6.1f}{rebels})"
+    )
 
 
 def _window_prices(

@@ -37,10 +37,18 @@ REASONS = (
     "no_price",
     "running_workload",
     "device_down",
+    "stale_price",
 )
-PROFITABLE, UNPROFITABLE, POWER_CAP, HYSTERESIS_HOLD, NO_PRICE, RUNNING_WORKLOAD, DEVICE_DOWN = (
-    range(7)
-)
+(
+    PROFITABLE,
+    UNPROFITABLE,
+    POWER_CAP,
+    HYSTERESIS_HOLD,
+    NO_PRICE,
+    RUNNING_WORKLOAD,
+    DEVICE_DOWN,
+    STALE_PRICE,
+) = range(8)
 
 # Rows of the per-window accumulator matrices (field x device).
 G_COUNT, G_UTIL, G_POWER, G_TEMP, G_BUSY, G_LAST_STATE = range(6)
@@ -217,6 +225,7 @@ def asic_decisions(
     mining_hash: np.ndarray,
     mining_power: np.ndarray,
     electricity: np.ndarray,
+    stale: np.ndarray,
     btc_usd: float,
     difficulty: float,
     block_reward: float,
@@ -239,6 +248,10 @@ def asic_decisions(
     ``last_switch``, ``exp_hash`` and ``exp_power`` are the devices' decision state,
     updated in place. ``out`` rows: revenue, cost, net, score, expected revenue, cost,
     net, power.
+
+    ``stale`` marks devices whose BTC price or electricity is older than the allowed price
+    age (a feed is down): with prices known, they keep their last action and never switch
+    on such a price (reason ``stale_price``), and their decision state stays as it was.
     """
     usd_per_th_hr = usd_per_th_hour(btc_usd, difficulty, block_reward, pool_fee)
     for i in range(mean_hash.shape[0]):
@@ -252,6 +265,10 @@ def asic_decisions(
         e_cost = exp_power[i] / 1e6 * elec
         e_net = e_rev - e_cost
         _put_figures(out, i, revenue, cost, e_rev, e_cost, exp_power[i])
+        if stale[i] and not np.isnan(e_net):
+            out_action[i] = action[i]
+            out_reason[i] = STALE_PRICE
+            continue
         a, reason, switched = asic_switch(
             action[i], last_switch[i], e_net, e_rev, hysteresis, dwell_ms, window_end
         )
@@ -268,6 +285,7 @@ def gpu_decisions(
     last_state: np.ndarray,
     spot: np.ndarray,
     electricity: np.ndarray,
+    stale: np.ndarray,
     rented_power_w: float,
     out: np.ndarray,
     out_action: np.ndarray,
@@ -277,7 +295,9 @@ def gpu_decisions(
 
     A GPU whose last sample is busy keeps serving; one that is down is powered down;
     an idle one is offered when renting it at the spot rate, drawing ``rented_power_w``,
-    would earn more than its power costs.
+    would earn more than its power costs. An idle GPU whose spot rate or electricity is
+    older than the allowed price age (``stale``) is offered as without prices, with reason
+    ``stale_price``: a stale price never powers a GPU down.
     """
     for i in range(busy_fraction.shape[0]):
         revenue = spot[i] * busy_fraction[i]
@@ -296,6 +316,9 @@ def gpu_decisions(
         elif np.isnan(e_net):
             out_action[i] = OFFER
             out_reason[i] = NO_PRICE
+        elif stale[i]:
+            out_action[i] = OFFER
+            out_reason[i] = STALE_PRICE
         elif e_net > 0:
             out_action[i] = OFFER
             out_reason[i] = PROFITABLE

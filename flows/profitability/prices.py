@@ -63,6 +63,14 @@ class PriceBook:
         at = bisect_left(times, before_ts) - 1
         return self._values[key][at] if at >= 0 else default
 
+    def age_ms(self, key: str, at_ts: int) -> float:
+        """How old at ``at_ts`` the value :meth:`as_of` returns is; inf when there is none."""
+        times = self._ts.get(key)
+        if not times:
+            return float("inf")
+        at = bisect_left(times, at_ts) - 1
+        return float(at_ts - times[at]) if at >= 0 else float("inf")
+
     def prune(self, before_ts: int) -> None:
         """Forget values that no lookup at or after ``before_ts`` can need."""
         for key, times in self._ts.items():

@@ -48,6 +48,9 @@ class ShardConfig:
     flush_on_eof: bool
     # Input ids ("topic#partition") whose progress bounds this shard's watermark.
     inputs: tuple[str, ...]
+    # Oldest a fast-moving price (electricity, BTC, GPU spot) may be at a window's end
+    # before the decision falls back to the stale-price rule; 0 turns the rule off.
+    max_price_age_ms: int = 0
 
 
 @dataclass
@@ -265,6 +268,32 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
         )
         return table[reg.site] if table.size else np.zeros(0)
 
+    def _stale(self, reg: DeviceRegistry, keys: list[str], site_kind: str | None, end: int,
+               idx: np.ndarray, model_kind: str | None = None) -> np.ndarray:
+        """Which devices ``idx`` need a price older than the allowed age at ``end``.
+
+        ``keys`` are global price keys; ``site_kind`` / ``model_kind`` add the device's
+        site- or model-scoped price. A price never seen is ``no_price``, not stale.
+        """
+        n = idx.shape[0]
+        limit = self.cfg.max_price_age_ms
+        if limit <= 0 or n == 0:
+            return np.zeros(n, np.bool_)
+        book = self.s.prices
+
+        def too_old(key: str) -> bool:
+            age = book.age_ms(key, end)
+            return age != float("inf") and age > limit
+
+        stale = np.full(n, any(too_old(key) for key in keys), np.bool_)
+        if site_kind is not None:
+            by_site = np.array([too_old(f"{site_kind}:{s}") for s in reg.site_names], np.bool_)
+            stale |= by_site[reg.site[idx]]
+        if model_kind is not None:
+            by_model = np.array([too_old(f"{model_kind}:{m}") for m in reg.model_names], np.bool_)
+            stale |= by_model[reg.model[idx]]
+        return stale
+
     def _common_columns(
         self, reg: DeviceRegistry, idx: np.ndarray, kind: str, start: int, count: np.ndarray
     ) -> dict[str, pl.Series]:
@@ -298,18 +327,21 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
         out = np.zeros((8, idx.shape[0]))
         action = np.zeros(idx.shape[0], np.int8)
         reason = np.zeros(idx.shape[0], np.int8)
+        stale = self._stale(reg, [], "electricity_usd_mwh", end, idx, "gpu_spot_usd_hr")
         k.gpu_decisions(
             busy,
             power,
             acc[k.G_LAST_STATE, idx].astype(np.int8),
             spot,
             elec,
+            stale,
             GPU_RENTED_POWER_W,
             out,
             action,
             reason,
         )
         metrics.WINDOWS_CLOSED.labels("gpu").inc(idx.shape[0])
+        _count_stale("gpu", reason)
         cols = self._common_columns(reg, idx, "gpu", start, count)
         cols |= {
             "util_pct": pl.Series(acc[k.G_UTIL, idx] / count),
@@ -351,12 +383,15 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
         st_switch = self.s.asic_last_switch[idx]
         st_hash = self.s.asic_exp_hash[idx]
         st_power = self.s.asic_exp_power[idx]
+        # Difficulty moves every two weeks on chain, so only the fast feeds can go stale.
+        stale = self._stale(reg, ["btc_usd"], "electricity_usd_mwh", end, idx)
         k.asic_decisions(
             mean_hash,
             mean_power,
             mining_hash,
             mining_power,
             elec,
+            stale,
             btc,
             difficulty,
             reward,
@@ -377,6 +412,7 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
         self.s.asic_exp_hash[idx] = st_hash
         self.s.asic_exp_power[idx] = st_power
         metrics.WINDOWS_CLOSED.labels("asic").inc(idx.shape[0])
+        _count_stale("asic", reason)
         accepted = acc[k.A_ACC, idx]
         rejected = acc[k.A_REJ, idx]
         shares = accepted + rejected
@@ -404,6 +440,12 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
             "power_cap_mw": pl.Series(cap, nan_to_null=True),
         }
         return pl.DataFrame(cols)
+
+
+def _count_stale(device_type: str, reason: np.ndarray) -> None:
+    n = int((reason == k.STALE_PRICE).sum())
+    if n:
+        metrics.STALE_PRICE_DECISIONS.labels(device_type).inc(n)
 
 
 _ACTIONS = pl.Series(k.ACTIONS, dtype=pl.String)

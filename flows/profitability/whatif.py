@@ -82,6 +82,7 @@ def evaluate(
             mean_hash,  # reported while mining: its own figures become the expected ones
             mean_power,
             np.ascontiguousarray(electricity_usd_mwh[a]),
+            np.zeros(m, np.bool_),  # prices given by the caller are never stale
             prices.btc_usd,
             prices.difficulty,
             prices.block_reward_btc,
@@ -111,6 +112,7 @@ def evaluate(
             np.ascontiguousarray(gpu_state[g]),
             np.ascontiguousarray(gpu_spot_usd_hr[g]),
             np.ascontiguousarray(electricity_usd_mwh[g]),
+            np.zeros(m, np.bool_),
             GPU_RENTED_POWER_W,
             g_out,
             g_action,

@@ -58,6 +58,8 @@ TAG_TABLES: dict[str, str] = {
     Out.WINDOWS: "device_windows",
     Out.RECS: "recommendations",
     Out.WORKLOAD_EVENTS: "workload_events",
+    Out.COMPLIANCE: "device_compliance",
+    Out.SITE_COMPLIANCE: "site_compliance",
 }
 # Raw telemetry is by far the largest stream; --no-raw style deployments skip it.
 RAW_TAGS = frozenset({Out.GPU_RAW, Out.ASIC_RAW})

@@ -12,6 +12,8 @@ benchmarks can share one Redis without seeing each other:
 - ``{prefix}prices``                 hash, ``key`` -> latest value, ``key:ts`` -> its event time
 - ``{prefix}workload:{workload_id}`` hash, current state of a workload
 - ``{prefix}workloads``              stream of workload state transitions, id ``{ts}-{seq}``
+- ``{prefix}compliance:site:{site}`` hash, the site's latest commanded vs observed power
+- ``{prefix}noncompliant``           hash, flagged device id -> windows out of step
 - ``{prefix}gpu:cordoned``           hash, ``gpu_id`` -> JSON ``{reason, since, site}`` of
   every GPU the router has cordoned now (removed when it is uncordoned)
 

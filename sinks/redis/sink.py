@@ -7,6 +7,9 @@
 - ``"prices"``: PRICE_ROW_SCHEMA rows -> the ``prices`` hash;
 - ``"workload_events"``: WORKLOAD_EVENT_SCHEMA rows -> ``workload:{id}`` hashes and the
   ``workloads`` stream (:mod:`sinks.redis.events`);
+- ``"compliance"`` / ``"site_compliance"``: the control loop's rows -> the
+  ``noncompliant`` hash and ``compliance:site:{site}`` hashes (:mod:`sinks.redis.compliance`);
+
 - ``"gpu_health"``: GPU_HEALTH_SCHEMA rows (router cordons) -> the ``gpu:cordoned`` hash;
 - any other tag is ignored, so one output stream can feed several sinks.
 
@@ -38,6 +41,7 @@ from sinks.metrics import (
     outage_started,
     sink_started,
 )
+from sinks.redis.compliance import write_device_compliance, write_site_compliance
 from sinks.redis.events import write_gpu_health, write_prices, write_workload_events
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
@@ -159,6 +163,14 @@ class RedisWriter:
         )
         SINK_ROWS.labels(sink="redis", table="workload_events").inc(added)
 
+    def _write_site_compliance(self, df: pl.DataFrame) -> None:
+        write_site_compliance(self.client, self.keys, df, self._shas["cond"])
+        SINK_ROWS.labels(sink="redis", table="site_compliance").inc(df.height)
+
+    def _write_device_compliance(self, df: pl.DataFrame) -> None:
+        write_device_compliance(self.client, self.keys, df)
+        SINK_ROWS.labels(sink="redis", table="device_compliance").inc(df.height)
+
     def _write_gpu_health(self, df: pl.DataFrame) -> None:
         write_gpu_health(self.client, self.keys, df)
         SINK_ROWS.labels(sink="redis", table="gpu_cordoned").inc(df.height)
@@ -166,6 +178,8 @@ class RedisWriter:
 
 _HANDLERS: dict[str, Any] = {
     Out.RECS: RedisWriter._write_recs,
+    Out.COMPLIANCE: RedisWriter._write_device_compliance,
+    Out.SITE_COMPLIANCE: RedisWriter._write_site_compliance,
     Out.PRICES: RedisWriter._write_prices,
     Out.WORKLOAD_EVENTS: RedisWriter._write_workload_events,
     Out.GPU_HEALTH: RedisWriter._write_gpu_health,

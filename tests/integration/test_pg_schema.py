@@ -17,6 +17,7 @@ import pytest
 
 from hcp import schemas
 from sinks.postgres.schema import (
+    MIGRATIONS_DIR,
     PATH_POSTGRES,
     apply_migrations,
     plan_migrations,
@@ -106,6 +107,8 @@ def test_plain_path_creates_every_table_view_and_brin_index(fresh_dsn: str) -> N
                         "recommendations",
                         "workload_events",
                         "site_hourly_profit",
+                        "device_compliance",
+                        "site_compliance",
                     ],
                 ),
             ).fetchall()
@@ -131,6 +134,8 @@ def test_plain_path_creates_every_table_view_and_brin_index(fresh_dsn: str) -> N
         "recommendations": "r",
         "workload_events": "r",
         "site_hourly_profit": "v",
+        "device_compliance": "r",
+        "site_compliance": "r",
     }
     assert brin == {
         "gpu_metrics": "ts",
@@ -139,11 +144,14 @@ def test_plain_path_creates_every_table_view_and_brin_index(fresh_dsn: str) -> N
         "device_windows": "window_start",
         "recommendations": "window_end",
         "workload_events": "ts",
+        "device_compliance": "window_end",
+        "site_compliance": "window_end",
     }
     assert versions == [
         (1, "tables", "common"),
         (2, "time_layout", "postgres"),
         (3, "api_keys", "common"),
+        (4, "control_loop", "postgres"),
     ]
     assert ext is None  # the Timescale branch was skipped, not half-run
 
@@ -216,7 +224,8 @@ def test_concurrent_appliers_apply_each_version_once(fresh_dsn: str) -> None:
     assert results == [PATH_POSTGRES] * 4
     with psycopg.connect(fresh_dsn) as conn:
         rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-    assert rows == [(1,), (2,), (3,)]
+    on_disk = sorted({int(f.name[:4]) for f in MIGRATIONS_DIR.glob("*.sql")})
+    assert [r[0] for r in rows] == on_disk
 
 
 def _statements(timescale: bool) -> list[str]:
@@ -235,6 +244,8 @@ def test_timescale_plan_builds_hypertables_policies_and_continuous_aggregate() -
         "device_windows": "window_start",
         "recommendations": "window_end",
         "workload_events": "ts",
+        "device_compliance": "window_end",
+        "site_compliance": "window_end",
     }
     compression = dict(
         re.findall(r"add_compression_policy\('(\w+)', compress_after => INTERVAL '([^']+)'", text)
@@ -251,6 +262,8 @@ def test_timescale_plan_builds_hypertables_policies_and_continuous_aggregate() -
         "recommendations": "90 days",
         "workload_events": "90 days",
         "site_hourly_profit": "90 days",
+        "device_compliance": "90 days",
+        "site_compliance": "90 days",
     }
     keys = {
         "gpu_metrics": {"gpu_id", "ts"},
@@ -259,6 +272,8 @@ def test_timescale_plan_builds_hypertables_policies_and_continuous_aggregate() -
         "device_windows": {"device_id", "window_start"},
         "recommendations": {"device_id", "window_end"},
         "workload_events": {"workload_id", "ts", "to_state"},
+        "device_compliance": {"device_id", "window_end"},
+        "site_compliance": {"site", "window_end"},
     }
     for table, key in keys.items():
         found = re.search(
@@ -293,7 +308,7 @@ def test_plain_plan_has_no_timescale_calls_and_the_same_rollup_columns() -> None
         "timescaledb",
     ):
         assert fn not in text
-    assert sum("USING brin" in s for s in plain) == 6
+    assert sum("USING brin" in s for s in plain) == 8  # 6 of 0002, 2 of 0004
 
     def rollup_columns(stmts: list[str]) -> list[str]:
         view = next(s for s in stmts if "VIEW" in s and "site_hourly_profit" in s)

@@ -45,6 +45,7 @@ def asic_step(
     hysteresis: float,
     dwell: int,
     window_end: int,
+    stale: bool = False,
 ) -> tuple[str, str, dict]:
     """One window of one ASIC: returns action, reason and the figures."""
     if not math.isnan(mining_hash) and mining_hash > 0:
@@ -63,6 +64,8 @@ def asic_step(
     cur = state["action"]
     if math.isnan(e_net):
         return cur, "no_price", figures
+    if stale:  # a feed is down: keep the last action, never switch on an old price
+        return cur, "stale_price", figures
     margin = hysteresis * e_rev
     want = cur
     if cur == "mine" and e_net < -margin:
@@ -88,6 +91,7 @@ def gpu_step(
     spot: float,
     elec: float,
     rented_w: float,
+    stale: bool = False,
 ) -> tuple[str, str, float, float]:
     revenue = spot * busy_fraction
     cost = mean_power / 1e6 * elec
@@ -98,6 +102,8 @@ def gpu_step(
         return "serve", "running_workload", revenue, cost
     if math.isnan(e_net):
         return "offer", "no_price", revenue, cost
+    if stale:
+        return "offer", "stale_price", revenue, cost
     if e_net > 0:
         return "offer", "profitable", revenue, cost
     return "power_down", "unprofitable", revenue, cost

@@ -5,6 +5,10 @@ and net as USD/h rates, so the USD earned is the rate times the window's length.
 belongs to the range when its ``window_end`` lies in ``(since, until]``. Without
 ``--since``/``--until`` the range is the last 24 h of stored data (not of the wall clock),
 so replayed or simulated history is reported the same way as live history.
+
+``--report compliance`` reads the control loop's tables instead (``device_compliance``,
+``site_compliance``, docs/control-loop.md): windows judged and out of step, flagged
+windows, realised curtailment savings, planned vs actual net, commanded vs observed power.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from hcp.errors import ConfigError, SinkUnavailableError
 from hcp.settings import add_settings
 from sinks.postgres.schema import connect, redact_dsn, require_schema
 
-__all__ = ["profitability", "register"]
+__all__ = ["compliance", "profitability", "register"]
 
 _HOURS = "(EXTRACT(EPOCH FROM (window_end - window_start))::double precision / 3600.0)"
 _SUMS = f"""
@@ -46,6 +50,36 @@ SELECT site,
 FROM recommendations WHERE {{where}}
 GROUP BY site
 ORDER BY net_usd DESC NULLS LAST, site"""
+
+_DEVICE_HOURS = "(EXTRACT(EPOCH FROM (window_end - window_start))::double precision / 3600.0)"
+_COMPLIANCE_BY_DEVICE = f"""
+SELECT device_id, device_type, site,
+    count(*) AS windows,
+    count(*) FILTER (WHERE compliant IS NOT NULL) AS judged,
+    count(*) FILTER (WHERE NOT compliant) AS out_of_step,
+    count(*) FILTER (WHERE flagged) AS flagged_windows,
+    max(misses) AS max_misses,
+    sum(savings_usd) AS savings_usd,
+    sum(planned_net_usd_hr * {_DEVICE_HOURS}) AS planned_net_usd,
+    sum(actual_net_usd_hr * {_DEVICE_HOURS}) AS actual_net_usd,
+    sum(commanded_power_w * {_DEVICE_HOURS}) / 1000.0 AS commanded_kwh,
+    sum(observed_power_w * {_DEVICE_HOURS}) / 1000.0 AS observed_kwh
+FROM device_compliance WHERE {{where}}
+GROUP BY device_id, device_type, site
+ORDER BY flagged_windows DESC, out_of_step DESC, device_id"""
+_COMPLIANCE_BY_SITE = """
+SELECT site,
+    count(*) AS windows,
+    avg(commanded_kw) AS avg_commanded_kw,
+    avg(observed_kw) AS avg_observed_kw,
+    max(noncompliant) AS max_out_of_step,
+    max(flagged) AS max_flagged,
+    sum(savings_usd) AS savings_usd,
+    sum(planned_net_usd) AS planned_net_usd,
+    sum(actual_net_usd) AS actual_net_usd
+FROM site_compliance WHERE {where}
+GROUP BY site
+ORDER BY site"""
 
 
 def _iso_time(text: str) -> datetime:
@@ -72,6 +106,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="device",
         choices=("device", "site"),
         help="group rows by device or by site",
+    )
+    env_arg(
+        parser,
+        "--report",
+        env="HCP_HISTORY_REPORT",
+        default="profit",
+        choices=("profit", "compliance"),
+        help="profit (recommendations) or compliance (the control loop's tables)",
     )
     env_arg(parser, "--site", env="HCP_HISTORY_SITE", help="only this site")
     env_arg(parser, "--device", env="HCP_HISTORY_DEVICE", help="only this device id")
@@ -134,6 +176,40 @@ def profitability(
     return frame, since, until
 
 
+def compliance(
+    conn: psycopg.Connection,
+    *,
+    by: str = "device",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    site: str | None = None,
+    device: str | None = None,
+) -> tuple[pl.DataFrame, datetime | None, datetime | None]:
+    """Compliance and realised value per device or site; the table and the range used."""
+    table = "device_compliance" if by == "device" else "site_compliance"
+    if until is None:
+        row = conn.execute(f"SELECT max(window_end) FROM {table}").fetchone()
+        until = row[0] if row and row[0] is not None else datetime.now(UTC)
+    if since is None:
+        since = until - timedelta(hours=24)
+    clauses = ["window_end > %(since)s", "window_end <= %(until)s"]
+    params: dict[str, object] = {"since": since, "until": until}
+    if site:
+        clauses.append("site = %(site)s")
+        params["site"] = site
+    if device and by == "device":
+        clauses.append("device_id = %(device)s")
+        params["device"] = device
+    query = (_COMPLIANCE_BY_DEVICE if by == "device" else _COMPLIANCE_BY_SITE).format(
+        where=" AND ".join(clauses)
+    )
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        names = [d.name for d in cur.description or []]
+        rows = cur.fetchall()
+    return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None), since, until
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.since and args.until and args.since >= args.until:
         msg = (
@@ -150,8 +226,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(msg)
     with connect(args.pg) as conn:
         require_schema(conn, args.pg)
+        query = profitability if args.report == "profit" else compliance
         try:
-            frame, since, until = profitability(
+            frame, since, until = query(
                 conn,
                 by=args.by,
                 since=args.since,
@@ -163,12 +240,14 @@ def _run(args: argparse.Namespace) -> int:
             msg = f"history query on {redact_dsn(args.pg)} failed: {exc}"
             raise SinkUnavailableError(msg) from exc
     since, until = since.astimezone(UTC), until.astimezone(UTC)
+    title = "profitability" if args.report == "profit" else "compliance and realised value"
     print(
-        f"profitability by {args.by}, window ends in ({since:%Y-%m-%d %H:%M:%S}, "
+        f"{title} by {args.by}, window ends in ({since:%Y-%m-%d %H:%M:%S}, "
         f"{until:%Y-%m-%d %H:%M:%S}] UTC; USD"
     )
     if frame.is_empty():
-        print("no stored recommendations in this range")
+        print(f"no stored {'recommendations' if args.report == 'profit' else 'compliance'} "
+              "in this range")
     else:
         shown = frame.with_columns(pl.selectors.float().round(2))
         with pl.Config(

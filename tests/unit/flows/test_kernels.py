@@ -61,6 +61,7 @@ def _asic_run(windows: list[dict], fee: float, hyst: float, dwell: int) -> list[
             np.array([w["mhash"]]),
             np.array([w["mpower"]]),
             np.array([w["elec"]]),
+            np.array([w.get("stale", False)]),
             w["btc"],
             w["diff"],
             w["reward"],
@@ -82,16 +83,17 @@ def _asic_run(windows: list[dict], fee: float, hyst: float, dwell: int) -> list[
 
 window_st = st.fixed_dictionaries(
     {
-        # Subnormal readings (1e-311 TH/s) lose precision differently depending on the
-        # order of multiplications, which the kernel and its twin need not share.
+        # Subnormal inputs (1e-311 TH/s, 2e-308 USD/MWh) lose precision differently depending
+        # on the order of multiplications, which the kernel and its twin need not share.
         "hash": st.floats(0, 400, allow_subnormal=False),
         "power": st.floats(0, 5000, allow_subnormal=False),
         "mhash": st.one_of(st.just(math.nan), st.floats(1, 400)),
         "mpower": st.floats(100, 5000),
-        "elec": st.one_of(st.just(math.nan), st.floats(0, 3000)),
+        "elec": st.one_of(st.just(math.nan), st.floats(0, 3000, allow_subnormal=False)),
         "btc": st.floats(1000, 200_000),
         "diff": st.floats(1e12, 1e15),
         "reward": st.floats(0.5, 6.25),
+        "stale": st.booleans(),
     }
 )
 
@@ -99,8 +101,8 @@ window_st = st.fixed_dictionaries(
 @settings(max_examples=150, deadline=None)
 @given(
     st.lists(window_st, min_size=1, max_size=12),
-    st.floats(0, 0.05),
-    st.floats(0, 0.2),
+    st.floats(0, 0.05, allow_subnormal=False),
+    st.floats(0, 0.2, allow_subnormal=False),
     st.integers(0, 5),
 )
 def test_asic_decisions_match_reference(
@@ -126,6 +128,7 @@ def test_asic_decisions_match_reference(
             hyst,
             dwell,
             w["end"],
+            w["stale"],
         )
         assert (action, reason) == (want_action, want_reason)
         assert figures[0] == pytest.approx(f["revenue"], rel=1e-9, abs=1e-12)
@@ -154,6 +157,34 @@ def test_asic_dwell_and_hysteresis_story() -> None:
     assert got[5] == ("mine", "profitable")
 
 
+def test_asic_stale_price_never_switches() -> None:
+    """A spike seen only through a stale feed keeps the last action: no curtail, no resume."""
+    base = {
+        "hash": 200.0,
+        "power": 3500.0,
+        "mhash": 200.0,
+        "mpower": 3500.0,
+        "btc": 100_000.0,
+        "diff": 1.2e14,
+        "reward": 3.125,
+    }
+    elec = [40, 2000, 2000, 2000, 40, 40]
+    stale = [False, True, False, False, True, False]
+    windows = [
+        dict(base, elec=e, stale=s, end=(i + 1) * 60_000)
+        for i, (e, s) in enumerate(zip(elec, stale, strict=True))
+    ]
+    got = [(a, r) for a, r, _ in _asic_run(windows, 0.0, 0.05, 0)]
+    assert got == [
+        ("mine", "profitable"),
+        ("mine", "stale_price"),
+        ("curtail", "unprofitable"),
+        ("curtail", "unprofitable"),
+        ("curtail", "stale_price"),
+        ("mine", "profitable"),
+    ]
+
+
 def test_asic_missing_prices_keep_state() -> None:
     w = {
         "hash": 200.0,
@@ -178,9 +209,10 @@ def test_asic_missing_prices_keep_state() -> None:
     st.sampled_from(["busy", "idle", "down"]),
     st.one_of(st.just(math.nan), st.floats(0, 10)),
     st.one_of(st.just(math.nan), st.floats(0, 5000)),
+    st.booleans(),
 )
 def test_gpu_decisions_match_reference(
-    busy: float, power: float, state: str, spot: float, elec: float
+    busy: float, power: float, state: str, spot: float, elec: float, stale: bool
 ) -> None:
     out = np.zeros((8, 1))
     a = np.zeros(1, np.int8)
@@ -192,12 +224,13 @@ def test_gpu_decisions_match_reference(
         np.array([code], np.int8),
         np.array([spot]),
         np.array([elec]),
+        np.array([stale]),
         700.0,
         out,
         a,
         r,
     )
-    action, reason, revenue, cost = ref.gpu_step(busy, power, state, spot, elec, 700.0)
+    action, reason, revenue, cost = ref.gpu_step(busy, power, state, spot, elec, 700.0, stale)
     assert (k.ACTIONS[a[0]], k.REASONS[r[0]]) == (action, reason)
     assert out[0, 0] == pytest.approx(revenue, nan_ok=True)
     assert out[1, 0] == pytest.approx(cost, nan_ok=True)
@@ -214,6 +247,7 @@ def test_score_edge_cases() -> None:
         np.array([1, 1, 0], np.int8),
         np.array([2.0, 2.0, 2.0]),
         np.array([50.0, 50.0, 50.0]),
+        np.zeros(3, np.bool_),
         700.0,
         out,
         a,

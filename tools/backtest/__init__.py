@@ -1,0 +1,1 @@
+"""``hcp backtest``: replay a recording through the decision flow under other policies."""
