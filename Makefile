@@ -4,8 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-fault lint bench bench-quick bench-frames bench-gen services \
-	system-deps dashboards bench-cluster clean
+.PHONY: demo test test-fast test-fault lint bench bench-quick bench-frames bench-gen bench-api \
+	services system-deps dashboards bench-cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ bench-cluster: $(STAMP) services
 
 bench-frames: $(STAMP) services
 	$(BIN)/hcp bench --frames-only --out bench-results/frames.json
+
+# `hcp bench api` drives the API with Debian's wrk (installed when missing, as above).
+bench-api: $(STAMP) services
+	$(MAKE) system-deps SYSTEM_TOOLS=wrk:wrk
+	$(BIN)/hcp bench api
 
 bench-gen: $(STAMP)
 	$(BIN)/python -m tools.bench.generation --gpus 5000 --asics 300000 --duration 10

@@ -125,6 +125,15 @@ WORKLOAD_OLDEST_QUEUED_AGE = Gauge(
     "hcp_workload_oldest_queued_age_seconds",
     "Event-time age of the oldest queued workload, seconds (0 when none is queued)",
 )
+# The original plan's orchestrator names: the router allocates GPUs inside the job, so the
+# job exports them (the API exports orchestrator_active_workloads from Redis).
+ALLOCATIONS = Counter(
+    "orchestrator_allocations", "Workloads placed on GPUs by the router", ["kind"]
+)
+ALLOCATION_SECONDS = Histogram(
+    "orchestrator_allocation_duration_seconds",
+    "Time of one routing round that had queued work (scoring, placement, preemption)",
+)
 
 _PRICE_GAUGES = {
     "btc_usd": (BTC_USD, 1.0),

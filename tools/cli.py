@@ -34,6 +34,7 @@ SUBCOMMAND_MODULES = [
     "tools.commands.workloads",
     "tools.commands.history",
     "tools.commands.db",
+    "api.command",
     "tools.record.command",
     "tools.commands.broker",
     "tools.bench.command",

@@ -27,6 +27,7 @@ from generators.control import ControlConfig
 from generators.run import generate
 from generators.scenario import load_scenario
 from generators.simulation import SimConfig
+from hcp.config import env_arg
 from hcp.errors import HcpError, SinkUnavailableError
 from hcp.settings import add_settings, default
 from hcp.topics import Topics
@@ -58,6 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         defaults={"bootstrap": None, "scenario": "demo", "duration": 1200, "speed": 20.0,
                   "gpus": 24, "workload_rate": 3.0, "ignore_share": 0.1},
         helps={"bootstrap": "unset = start the embedded broker"},
+    )
+    env_arg(
+        parser,
+        "--api-port",
+        env="HCP_DEMO_API_PORT",
+        default=8080,
+        type=int,
+        help="port of the HTTP API the demo starts (a free one when taken; -1: no API)",
     )
     parser.set_defaults(func=run)
 
@@ -160,6 +169,7 @@ def _play(
     print(
         f"streaming job started (metrics on http://127.0.0.1:{metrics_port}/metrics)", flush=True
     )
+    api = _start_api(args, bootstrap)
     last_view = ""
     deadline = time.monotonic() + args.duration / args.speed + 45
     try:
@@ -180,6 +190,10 @@ def _play(
         if view and _window(view) != _window(last_view):
             print(view, flush=True)
     finally:
+        if api is not None and api.poll() is None:
+            api.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                api.wait(timeout=10)
         if job.poll() is None:
             job.send_signal(signal.SIGTERM)
             try:
@@ -209,6 +223,36 @@ def _metrics_port(preferred: int = 9464) -> int:
             return preferred
         except OSError:
             return free_port()
+
+
+def _start_api(args: argparse.Namespace, bootstrap: str) -> subprocess.Popen | None:
+    """Start `hcp api` beside the job and print its URL and a fresh admin key."""
+    if args.api_port < 0:
+        return None
+    import psycopg
+
+    from api.keys import create_key
+    port = args.api_port if not _port_taken(args.api_port) else free_port()
+    with psycopg.connect(args.pg, autocommit=True) as conn:
+        key_id, key = create_key(conn, "admin", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools", "--log-level", "WARNING", "api", "--port", str(port),
+         "--bootstrap", bootstrap, "--redis", args.redis, "--pg", args.pg,
+         "--redis-prefix", args.redis_prefix, "--topic-prefix", args.topic_prefix],
+    )
+    url = f"http://127.0.0.1:{port}"
+    print(f"HTTP API on {url} (docs {url}/docs); admin key {key_id} for this demo:", flush=True)
+    print(f"  curl -H 'Authorization: Bearer {key}' {url}/api/v1/sites", flush=True)
+    return proc
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _wait_for_topics(bootstrap: str, topics: Topics, failure: list[BaseException]) -> None:

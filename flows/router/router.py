@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 from prometheus_client import Counter, Gauge
 
+from flows import metrics
 from flows.metrics import GPUS_CORDONED, WORKLOAD_OLDEST_QUEUED_AGE, WORKLOADS_QUEUED
 from flows.router.classify import classify
 from flows.router.fleet import GpuRoster
@@ -330,6 +332,7 @@ class Router:
         self.active[w.workload_id] = w
         self.machine.transition(w, "assigned", self.now, gpu_ids=self._gpu_ids(w))
         self._message(w, "assign")
+        metrics.ALLOCATIONS.labels(w.kind).inc()
 
     # -- routing ------------------------------------------------------------------------
     def route(self, now: int | None = None) -> int:
@@ -342,6 +345,7 @@ class Router:
         if not self.queue or len(self.fleet) == 0:
             self._queue_metrics()
             return 0
+        started = time.perf_counter()
         cfg, fleet = self.config, self.fleet
         ordered = list(self.queue.ordered())
         entries = [self.workloads[wid] for _, _, wid in ordered]
@@ -413,6 +417,7 @@ class Router:
             has_avoid = avoid_len[left] > 0
         self._update_pending(queued, need_gpus, need_mem, max_price, has_avoid, held_back)
         self._queue_metrics()
+        metrics.ALLOCATION_SECONDS.observe(time.perf_counter() - started)
         return placed
 
     def _offerable(self) -> np.ndarray:

@@ -175,7 +175,9 @@ def test_db_init_creates_a_missing_database_and_is_idempotent(pg_dsn: str, capsy
         assert out.count("postgres path") == 2
         with psycopg.connect(dsn) as conn:
             rows = conn.execute("SELECT version, path FROM schema_migrations ORDER BY 1")
-            assert rows.fetchall() == [(1, "common"), (2, "postgres"), (4, "postgres")]
+            assert rows.fetchall() == [
+                (1, "common"), (2, "postgres"), (3, "common"), (4, "postgres"), (5, "common")
+            ]
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

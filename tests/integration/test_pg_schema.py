@@ -152,6 +152,7 @@ def test_plain_path_creates_every_table_view_and_brin_index(fresh_dsn: str) -> N
         (2, "time_layout", "postgres"),
         (3, "write_marks", "common"),
         (4, "control_loop", "postgres"),
+        (5, "api_keys", "common"),
     ]
     assert ext is None  # the Timescale branch was skipped, not half-run
 

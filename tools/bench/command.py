@@ -21,6 +21,7 @@ from hcp.kafka_admin import check_broker
 from hcp.settings import add_settings
 from hcp.topics import Topics
 from tools.bench import hooks
+from tools.bench.api import add_api_bench_args
 from tools.bench.fill import FillSpec, fill_topics, planned_events
 from tools.bench.frames import FULL as FRAMES_FULL
 from tools.bench.frames import QUICK as FRAMES_QUICK
@@ -189,6 +190,10 @@ def _json_part(
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.part == "api":
+        from tools.bench.api import run_api_bench
+
+        return run_api_bench(args)
     if args.frames_only and args.skip_frames:
         msg = "--frames-only and --skip-frames leave nothing to measure"
         raise ConfigError(msg)
@@ -303,4 +308,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              help="frames part: do not run the same samples as JSON through HCP (no "
              "same_recommendations_frames)")
     add_settings(p, "quiet", "bootstrap", "redis", "pg")
+    add_api_bench_args(p)
+    p.add_argument("part", nargs="?", default="pipeline", choices=("pipeline", "api"),
+                   help="what to measure: the streaming pipeline (default) or `hcp api` "
+                   "under wrk (docs/api.md)")
     p.set_defaults(func=_bench)
