@@ -32,6 +32,15 @@ CONSUMER_LAG = Gauge(
 )
 PRICE = Gauge("hcp_price", "Latest price per key (kind or kind:scope)", ["key"])
 WATERMARK = Gauge("hcp_watermark_ms", "Event-time watermark of the fleet stage")
+# The original plan's orchestrator names: the router allocates GPUs inside the job, so the
+# job exports them (the API exports orchestrator_active_workloads from Redis).
+ALLOCATIONS = Counter(
+    "orchestrator_allocations", "Workloads placed on GPUs by the router", ["kind"]
+)
+ALLOCATION_SECONDS = Histogram(
+    "orchestrator_allocation_duration_seconds",
+    "Time of one routing round that had queued work (scoring, placement, preemption)",
+)
 
 _STATE: dict[str, object] = {"port": 0, "host": "127.0.0.1", "started": False}
 

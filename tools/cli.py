@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = [
     "tools.commands.workloads",
     "tools.commands.history",
     "tools.commands.db",
+    "api.command",
     "tools.record.command",
     "tools.bench.command",
 ]

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 from prometheus_client import Counter, Gauge
 
+from flows import metrics
 from flows.router.classify import classify
 from flows.router.fleet import GpuRoster
 from flows.router.kernels import (
@@ -222,6 +224,7 @@ class Router:
         self.active[w.workload_id] = w
         self.machine.transition(w, "assigned", self.now, gpu_ids=self._gpu_ids(w))
         self._message(w, "assign")
+        metrics.ALLOCATIONS.labels(w.kind).inc()
 
     # -- routing ------------------------------------------------------------------------
     def route(self, now: int | None = None) -> int:
@@ -233,6 +236,7 @@ class Router:
         self._urgent_waiting = 0
         if not self.queue or len(self.fleet) == 0:
             return 0
+        started = time.perf_counter()
         cfg, fleet = self.config, self.fleet
         ordered = list(self.queue.ordered(self.now))
         entries = [self.workloads[wid] for _, _, wid in ordered]
@@ -267,6 +271,7 @@ class Router:
                 (w.priority for w in unplaced_urgent if w.state == "queued"), default=0
             )
         QUEUED.set(len(self.queue))
+        metrics.ALLOCATION_SECONDS.observe(time.perf_counter() - started)
         return placed
 
     def _starvation_guard(

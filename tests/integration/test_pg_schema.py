@@ -140,7 +140,11 @@ def test_plain_path_creates_every_table_view_and_brin_index(fresh_dsn: str) -> N
         "recommendations": "window_end",
         "workload_events": "ts",
     }
-    assert versions == [(1, "tables", "common"), (2, "time_layout", "postgres")]
+    assert versions == [
+        (1, "tables", "common"),
+        (2, "time_layout", "postgres"),
+        (3, "api_keys", "common"),
+    ]
     assert ext is None  # the Timescale branch was skipped, not half-run
 
 
@@ -212,7 +216,7 @@ def test_concurrent_appliers_apply_each_version_once(fresh_dsn: str) -> None:
     assert results == [PATH_POSTGRES] * 4
     with psycopg.connect(fresh_dsn) as conn:
         rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-    assert rows == [(1,), (2,)]
+    assert rows == [(1,), (2,), (3,)]
 
 
 def _statements(timescale: bool) -> list[str]:

@@ -1,0 +1,1 @@
+"""``hcp api``: the HTTP front door (SPEC section 6). See docs/api.md."""

@@ -1,0 +1,127 @@
+"""Settings of ``hcp api``: flags, each backed by an ``HCP_*`` variable."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+
+from hcp.config import (
+    DEFAULT_PG,
+    DEFAULT_REDIS,
+    add_connection_args,
+    env_arg,
+    env_flag,
+    non_negative_float,
+    positive_int,
+)
+from hcp.topics import Topics
+
+__all__ = ["ApiSettings", "add_api_args"]
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Everything the app factory needs."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    bootstrap: str = "127.0.0.1:9092"
+    redis: str = DEFAULT_REDIS
+    pg: str = DEFAULT_PG
+    redis_prefix: str = "hcp:"
+    topic_prefix: str = "hcp."
+    body_limit: int = 4 * 1024 * 1024
+    max_staleness_s: float = 10.0
+    key_cache_s: float = 5.0
+    produce_timeout_s: float = 5.0
+    dependency_timeout_s: float = 2.0
+    hysteresis: float = 0.05
+    pool_fee: float = 0.0
+    no_read_model: bool = False
+    pg_pool: int = 4
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ApiSettings:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def add_api_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``hcp api``."""
+    group = parser.add_argument_group("server")
+    env_arg(group, "--host", env="HCP_API_HOST", default="127.0.0.1", help="address to listen on")
+    env_arg(group, "--port", env="HCP_API_PORT", default=8080, type=int, help="port (0: any free)")
+    add_connection_args(parser)
+    env_arg(
+        parser,
+        "--redis-prefix",
+        env="HCP_REDIS_PREFIX",
+        default="hcp:",
+        help="prefix of the job's Redis keys",
+    )
+    env_arg(
+        parser,
+        "--topic-prefix",
+        env="HCP_TOPIC_PREFIX",
+        default="hcp.",
+        help="prefix of every topic name (workload requests go to <prefix>workloads.requests)",
+    )
+    tuning = parser.add_argument_group("tuning")
+    env_arg(
+        tuning,
+        "--body-limit",
+        env="HCP_API_BODY_LIMIT",
+        default=4 * 1024 * 1024,
+        type=positive_int,
+        help="largest request body in bytes; larger ones get 413",
+    )
+    env_arg(
+        tuning,
+        "--max-staleness-s",
+        env="HCP_API_MAX_STALENESS_S",
+        default=10.0,
+        type=non_negative_float,
+        help="answer 503 instead of in-memory state older than this (Redis unreachable)",
+    )
+    env_arg(
+        tuning,
+        "--key-cache-s",
+        env="HCP_API_KEY_CACHE_S",
+        default=5.0,
+        type=non_negative_float,
+        help="how long a checked API key is trusted without asking PostgreSQL again",
+    )
+    env_arg(
+        tuning,
+        "--produce-timeout-s",
+        env="HCP_API_PRODUCE_TIMEOUT_S",
+        default=5.0,
+        type=non_negative_float,
+        help="how long a submission waits for the broker's acknowledgement before 503",
+    )
+    env_arg(
+        tuning,
+        "--hysteresis",
+        env="HCP_HYSTERESIS",
+        default=0.05,
+        type=non_negative_float,
+        help="hysteresis margin the calculate endpoint decides with (the job's --hysteresis)",
+    )
+    env_arg(
+        tuning,
+        "--pool-fee",
+        env="HCP_POOL_FEE",
+        default=0.0,
+        type=non_negative_float,
+        help="pool fee when a calculate request gives none (the job's --pool-fee)",
+    )
+    env_flag(
+        tuning,
+        "--no-read-model",
+        env="HCP_API_NO_READ_MODEL",
+        help="read every recommendation from Redis per request instead of the in-process copy",
+    )
