@@ -10,8 +10,9 @@ import psycopg
 
 from api.keys import ROLES, create_key, list_keys, revoke_key
 from api.settings import ApiSettings, add_api_args
-from hcp.config import DEFAULT_PG, env_arg, env_flag
+from hcp.config import env_arg, env_flag
 from hcp.errors import ConfigError, SinkUnavailableError
+from hcp.settings import SETTINGS
 from sinks.postgres.schema import apply_migrations, connect, ensure_database, redact_dsn
 
 __all__ = ["register", "serve"]
@@ -47,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke.add_argument("key_id", help="the key's id (`hcp api keys list`)")
     revoke.set_defaults(func=_revoke)
     for leaf in (create, listing, revoke):
-        env_arg(leaf, "--pg", env="HCP_PG_DSN", default=DEFAULT_PG, help="PostgreSQL DSN",
-                dest="keys_pg")
+        pg = SETTINGS["pg"]  # declared once; `keys_pg` keeps it apart from `hcp api --pg`
+        env_arg(leaf, pg.flag, env=pg.env, default=pg.default, help=pg.help, dest="keys_pg")
 
 
 def _db(dsn: str) -> psycopg.Connection:

@@ -5,15 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
-from hcp.config import (
-    DEFAULT_PG,
-    DEFAULT_REDIS,
-    add_connection_args,
-    env_arg,
-    env_flag,
-    non_negative_float,
-    positive_int,
-)
+from hcp.config import env_arg, env_flag, non_negative_float, positive_int
+from hcp.settings import add_settings, default
 from hcp.topics import Topics
 
 __all__ = ["ApiSettings", "add_api_args"]
@@ -26,8 +19,8 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     bootstrap: str = "127.0.0.1:9092"
-    redis: str = DEFAULT_REDIS
-    pg: str = DEFAULT_PG
+    redis: str = default("redis")
+    pg: str = default("pg")
     redis_prefix: str = "hcp:"
     topic_prefix: str = "hcp."
     body_limit: int = 4 * 1024 * 1024
@@ -55,20 +48,11 @@ def add_api_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
     env_arg(group, "--host", env="HCP_API_HOST", default="127.0.0.1", help="address to listen on")
     env_arg(group, "--port", env="HCP_API_PORT", default=8080, type=int, help="port (0: any free)")
-    add_connection_args(parser)
-    env_arg(
+    add_settings(
         parser,
-        "--redis-prefix",
-        env="HCP_REDIS_PREFIX",
-        default="hcp:",
-        help="prefix of the job's Redis keys",
-    )
-    env_arg(
-        parser,
-        "--topic-prefix",
-        env="HCP_TOPIC_PREFIX",
-        default="hcp.",
-        help="prefix of every topic name (workload requests go to <prefix>workloads.requests)",
+        "bootstrap", "redis", "pg", "redis_prefix", "topic_prefix", "hysteresis", "pool_fee",
+        helps={"hysteresis": "the margin the calculate endpoint decides with",
+               "pool_fee": "used when a calculate request gives none"},
     )
     tuning = parser.add_argument_group("tuning")
     env_arg(
@@ -102,22 +86,6 @@ def add_api_args(parser: argparse.ArgumentParser) -> None:
         default=5.0,
         type=non_negative_float,
         help="how long a submission waits for the broker's acknowledgement before 503",
-    )
-    env_arg(
-        tuning,
-        "--hysteresis",
-        env="HCP_HYSTERESIS",
-        default=0.05,
-        type=non_negative_float,
-        help="hysteresis margin the calculate endpoint decides with (the job's --hysteresis)",
-    )
-    env_arg(
-        tuning,
-        "--pool-fee",
-        env="HCP_POOL_FEE",
-        default=0.0,
-        type=non_negative_float,
-        help="pool fee when a calculate request gives none (the job's --pool-fee)",
     )
     env_flag(
         tuning,
