@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-fault lint bench bench-quick bench-gen services clean
+.PHONY: demo test test-fast test-fault test-browser lint bench bench-quick bench-gen services \
+	system-deps console-assets clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,15 +18,43 @@ install: $(STAMP)
 services:
 	bash deploy/local-services.sh
 
-demo: $(STAMP) services
+# Debian packages the tests run for real: npm installs the console libraries, Chromium drives the console's browser tests
+# (Playwright cannot download browsers here). Installs only what is missing, so it is a
+# no-op on a machine that has them.
+SYSTEM_TOOLS := chromium:chromium npm:npm
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    $$(echo $$missing | tr ' ' '\n' | sort -u); \
+	fi
+
+# The console's browser libraries (Alpine.js, uPlot), pinned by package-lock.json; npm runs
+# only when node_modules is missing or older than the lockfile.
+CONSOLE := api/console
+$(CONSOLE)/node_modules/.package-lock.json: $(CONSOLE)/package-lock.json $(CONSOLE)/package.json
+	npm ci --prefix $(CONSOLE) --no-audit --no-fund
+	touch $@
+
+console-assets: system-deps $(CONSOLE)/node_modules/.package-lock.json
+
+demo: $(STAMP) services console-assets
 	$(BIN)/hcp demo
 
-test: $(STAMP) services
+test: $(STAMP) services system-deps console-assets
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP) services
 	$(BIN)/python -m pytest -q -m "not fault and not slow"
+
+test-browser: $(STAMP) services system-deps console-assets
+	$(BIN)/python -m pytest -q -m browser
 
 test-fault: $(STAMP) services
 	$(BIN)/python -m pytest -q -m fault
