@@ -215,13 +215,26 @@ window.customerPage = (customer) => ({
   errors: {},
   accepted: "",
   workloads: [],
+  cancelling: {}, // workload_id -> true once the API accepted its cancel (202)
+  trail: {}, // workload_id -> the states its events went through since the page opened
   status: "",
 
   terminal: (state) => TERMINAL.has(state),
 
   async start() {
     await this.load();
-    follow("/stream/workloads", { workload: () => this.loadSoon() }, (s) => (this.status = s));
+    const onEvent = (doc) => {
+      this.step(doc.workload_id, doc.to_state ?? doc.state);
+      this.loadSoon();
+    };
+    follow("/stream/workloads", { workload: onEvent }, (s) => (this.status = s));
+  },
+
+  // A state change seen on the stream; the list alone would skip the brief ones (queued).
+  step(id, state) {
+    if (!id || !state) return;
+    const seen = this.trail[id] ?? [];
+    if (seen[seen.length - 1] !== state) this.trail = { ...this.trail, [id]: [...seen, state] };
   },
 
   async load() {
@@ -275,6 +288,8 @@ window.customerPage = (customer) => ({
   async cancel(id) {
     try {
       await api(`/workloads/${encodeURIComponent(id)}`, { method: "DELETE" });
+      // The router applies the cancel; until its state arrives the row says it was asked.
+      this.cancelling = { ...this.cancelling, [id]: true };
       this.loadSoon();
     } catch (e) {
       this.status = e.message;
