@@ -176,6 +176,13 @@ def _play(
     if failure:
         raise HcpError(f"simulators failed: {failure[0]}")
     print(f"demo finished; job exit code {job.returncode}. Try `hcp recommendations`.", flush=True)
+    # The console is served by the API, which the demo does not start (it opens nothing).
+    print(
+        "console: `hcp api keys create --role admin`, then `hcp api --redis-prefix "
+        f"{args.redis_prefix} --topic-prefix {args.topic_prefix}` and open "
+        "http://127.0.0.1:8080/console/ with the key",
+        flush=True,
+    )
     return 0 if job.returncode == 0 else 1
 
 
