@@ -116,6 +116,8 @@ def test_operations_page_shows_the_spikes_curtailment_without_a_reload(
     line = page.locator("#feed li", has_text=re.compile(r"site-01: \d+ ASICs curtail"))
     expect(line.first).to_be_visible(timeout=10_000)
     expect(line.first).to_contain_text("electricity 850 USD/MWh")
+    # ...and why, from the recommendations of the devices now curtailing there.
+    expect(line.first).to_contain_text(re.compile(r"USD/MWh \(\w+ \d+"))
     assert page.evaluate("window.__sameDocument") is True
     # The chart has the fleet and per-site series; the prices table has the spike.
     expect(page.locator("#net-chart .u-legend")).to_contain_text("site-01")

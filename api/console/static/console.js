@@ -177,8 +177,9 @@ window.opsPage = () => ({
       const reasons = {};
       for (const r of page.items) reasons[r.reason] = (reasons[r.reason] ?? 0) + 1;
       const why = Object.entries(reasons).sort((a, b) => b[1] - a[1]).map(([r, n]) => `${r} ${n}`);
-      if (why.length) entry.text = `${text} (${why.join(", ")})`;
-      this.feed = [...this.feed];
+      // Through the reactive feed, not the raw entry object, so the line re-renders.
+      const live = this.feed.find((e) => e.id === entry.id);
+      if (live && why.length) live.text = `${text} (${why.join(", ")})`;
     } catch (e) {
       this.status = e.message;
     }
