@@ -149,7 +149,9 @@ def test_customer_sees_the_workload_assigned_cancels_it_and_not_others(
         row.locator("button.cancel").click()
     assert answer.value.status == 202, answer.value.text()
     assert answer.value.json()["cancel_requested"] is True
-    expect(row.locator("td.state")).to_contain_text("cancel requested")
+    # This branch's router does not apply cancels yet (branch router-health does): the row
+    # says the cancel was asked, or shows the router's cancelled state once it has it.
+    expect(row.locator("td.state")).to_have_text(re.compile(r"cancel requested|^cancelled$"))
     # The other customer's workload is neither listed nor readable with this key.
     other = stack.shared["globex"]
     expect(page.locator(f"#workloads tr[data-workload='{other}']")).to_have_count(0)
