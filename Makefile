@@ -4,8 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-fault lint bench bench-quick bench-frames bench-gen bench-api \
-	services system-deps dashboards bench-cluster clean
+.PHONY: demo test test-fast test-fault test-browser lint bench bench-quick bench-frames bench-gen \
+	bench-api services system-deps console-assets dashboards bench-cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,12 @@ services:
 	bash deploy/local-services.sh
 
 # Debian packages the tests run for real: prometheus + promtool (dashboard queries, rule
-# tests, `promtool check metrics`), prometheus-alertmanager (amtool check-config) and
-# iproute2 (`ip netns`: the cluster test whose two processes talk over a veth pair).
-# Installs only what is missing, so it is a no-op on a machine that has them.
+# tests, `promtool check metrics`), prometheus-alertmanager (amtool check-config),
+# iproute2 (`ip netns`: the cluster test whose two processes talk over a veth pair),
+# Chromium (the console's browser tests; Playwright cannot download browsers here) and npm
+# (the console's libraries). Installs only what is missing: a no-op on a machine that has them.
 SYSTEM_TOOLS := prometheus:prometheus promtool:prometheus amtool:prometheus-alertmanager \
-	ip:iproute2
+	ip:iproute2 chromium:chromium npm:npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
@@ -40,15 +41,27 @@ system-deps:
 dashboards: $(STAMP)
 	$(BIN)/python -m tools.dashboards
 
-demo: $(STAMP) services
+# The console's browser libraries (Alpine.js, uPlot), pinned by package-lock.json; npm runs
+# only when node_modules is missing or older than the lockfile.
+CONSOLE := api/console
+$(CONSOLE)/node_modules/.package-lock.json: $(CONSOLE)/package-lock.json $(CONSOLE)/package.json
+	npm ci --prefix $(CONSOLE) --no-audit --no-fund
+	touch $@
+
+console-assets: system-deps $(CONSOLE)/node_modules/.package-lock.json
+
+demo: $(STAMP) services console-assets
 	$(BIN)/hcp demo
 
-test: $(STAMP) services system-deps
+test: $(STAMP) services system-deps console-assets
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP) services system-deps
-	$(BIN)/python -m pytest -q -m "not fault and not slow"
+test-browser: $(STAMP) services system-deps console-assets
+	$(BIN)/python -m pytest -q -m browser
+
+test-fast: $(STAMP) services system-deps console-assets
+	$(BIN)/python -m pytest -q -m "not fault and not slow and not browser"
 
 test-fault: $(STAMP) services system-deps
 	$(BIN)/python -m pytest -q -m fault

@@ -18,9 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from api.fastpath import PointReads
+from api.console import mount_console
 from api.metrics import ApiMetrics, RouteMetrics
 from api.problems import BodyLimit, install_handlers
-from api.routes import optimizer, orchestrator, stream
+from api.routes import optimizer, orchestrator, sites, stream
 from api.services import Services
 from api.settings import ApiSettings
 from flows.profitability.whatif import warm_up
@@ -73,6 +74,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(optimizer.router)
     app.include_router(orchestrator.router)
     app.include_router(stream.router)
+    app.include_router(sites.history_router)
+    app.include_router(sites.stream_router)
+    app.include_router(sites.gpus_router)
+    mount_console(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

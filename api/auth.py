@@ -20,7 +20,11 @@ from api.keys import hash_key
 from api.pg import PgPool
 from api.problems import ProblemError
 
-__all__ = ["KeyCache", "Principal", "bearer", "require_role"]
+__all__ = ["KEY_COOKIE", "KeyCache", "Principal", "bearer", "require_role"]
+
+# The browser console (api/console/) keeps the key it signed in with in this HttpOnly,
+# SameSite=Strict cookie, because EventSource cannot send an Authorization header.
+KEY_COOKIE = "hcp_key"
 
 bearer = HTTPBearer(auto_error=False, description="an API key made by `hcp api keys create`")
 
@@ -89,9 +93,10 @@ def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> Principal:
-        if credentials is None or not credentials.credentials:
+        key = credentials.credentials if credentials else request.cookies.get(KEY_COOKIE)
+        if not key:
             raise ProblemError(401, "missing bearer API key", headers=_UNAUTHORIZED)
-        principal = await request.app.state.services.keys.lookup(credentials.credentials)
+        principal = await request.app.state.services.keys.lookup(key)
         if principal is None:
             raise ProblemError(401, "unknown or revoked API key", headers=_UNAUTHORIZED)
         if principal.role not in allowed:

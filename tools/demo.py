@@ -243,6 +243,7 @@ def _start_api(args: argparse.Namespace, bootstrap: str) -> subprocess.Popen | N
     url = f"http://127.0.0.1:{port}"
     print(f"HTTP API on {url} (docs {url}/docs); admin key {key_id} for this demo:", flush=True)
     print(f"  curl -H 'Authorization: Bearer {key}' {url}/api/v1/sites", flush=True)
+    print(f"console: {url}/console/ (sign in with the key above; nothing is opened)", flush=True)
     return proc
 
 

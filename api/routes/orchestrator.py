@@ -318,7 +318,11 @@ async def get_resource(
 @router.get("/sites", response_model=Sites)
 async def sites(request: Request, _: Annotated[Principal, Depends(admin)]) -> Response:
     """Per site: devices, power now, cap, headroom and money of its latest window."""
-    rm = await ensure_model(_services(request))
+    return json_doc(sites_doc(await ensure_model(_services(request))))
+
+
+def sites_doc(rm: Any) -> dict[str, Any]:
+    """The ``/sites`` document from the read model (also what ``/stream/sites`` sends)."""
     out = []
     for name in sorted(rm.sites):
         s = rm.sites[name]
@@ -339,7 +343,7 @@ async def sites(request: Request, _: Annotated[Principal, Depends(admin)]) -> Re
                 "net_usd_hr": s.get("net_usd_hr"),
             }
         )
-    return json_doc({"sites": out, "fleet": rm.fleet or None})
+    return {"sites": out, "fleet": rm.fleet or None}
 
 
 # --- health --------------------------------------------------------------------------------
