@@ -17,8 +17,8 @@ from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from api.fastpath import PointReads
 from api.console import mount_console
+from api.fastpath import PointReads
 from api.metrics import ApiMetrics, RouteMetrics
 from api.problems import BodyLimit, install_handlers
 from api.routes import optimizer, orchestrator, sites, stream
