@@ -81,6 +81,7 @@ def evaluate(
             mean_power,
             mean_hash,  # reported while mining: its own figures become the expected ones
             mean_power,
+            np.full(m, k.ASIC_MINING, np.int8),  # a what-if asks about a working miner
             np.ascontiguousarray(electricity_usd_mwh[a]),
             np.zeros(m, np.bool_),  # prices given by the caller are never stale
             prices.btc_usd,
