@@ -32,9 +32,10 @@ import psycopg
 import redis
 
 from api.keys import create_key
-from hcp.config import env_arg, positive_int
+from hcp.config import positive_int
 from hcp.errors import ConfigError
 from hcp.kafka_admin import ensure_topics
+from hcp.settings import add_settings
 from hcp.topics import Topics
 from sinks.postgres.schema import apply_migrations
 from sinks.postgres.writer import PgWriter
@@ -109,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="page loads, each in a fresh browser profile (default 5)")
     parser.add_argument("--chromium", default="/usr/bin/chromium",
                         help="the Chromium executable (default /usr/bin/chromium)")
-    env_arg(parser, "--redis", env="HCP_REDIS_URL", default="redis://127.0.0.1:6379/0",
-            help="Redis URL; keys go under a fresh prefix, deleted at the end")
-    env_arg(parser, "--pg", env="HCP_PG_DSN",
-            default="postgresql://postgres@127.0.0.1:5432/postgres",
-            help="PostgreSQL DSN; a fresh database on that server is made and dropped")
+    add_settings(
+        parser, "redis", "pg",
+        defaults={"pg": "postgresql://postgres@127.0.0.1:5432/postgres"},
+        helps={"redis": "keys go under a fresh prefix, deleted at the end",
+               "pg": "a fresh database on that server is made and dropped"},
+    )
     args = parser.parse_args(argv)
     run = uuid.uuid4().hex[:8]
     prefix = f"bench-console-{run}:"
