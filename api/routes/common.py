@@ -31,6 +31,7 @@ def _problem(description: str) -> dict[str, Any]:
 
 # What every authenticated route may answer besides its success, for the OpenAPI document.
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _problem("the body could not be parsed (not JSON, not UTF-8)"),
     401: _problem("no or an unknown API key"),
     403: _problem("the key's role may not use this endpoint"),
     422: _problem("invalid parameters or body; `errors` lists every bad field"),
