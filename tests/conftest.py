@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-import redis
 
 from hcp.topics import Topics
+from tests.support.cleanup import delete_prefixes
 from tools.broker import EmbeddedBroker
 
 REDIS_URL = os.environ.get("HCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -48,10 +48,7 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     """A fresh Redis key prefix for one test; its keys are deleted afterwards."""
     prefix = f"t{uuid.uuid4().hex[:10]}:"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(f"{prefix}*", count=10_000))
-    for i in range(0, len(keys), 1000):
-        client.delete(*keys[i : i + 1000])
+    delete_prefixes(redis_url, prefix)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from api.console.routes import VENDOR
@@ -33,6 +32,7 @@ from hcp.topics import Topics
 from sinks.postgres.schema import apply_migrations
 from tests.conftest import PG_ADMIN_DSN
 from tests.support.apikit import LiveApi, make_key
+from tests.support.cleanup import delete_prefixes, stop_process
 from tests.support.flowkit import make_topics
 
 CHROMIUM = os.environ.get("HCP_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -192,16 +192,8 @@ def stack(
                 live.stop_scenario()
                 browser.close()
     finally:
-        job.terminate()
-        try:
-            job.wait(30)
-        except subprocess.TimeoutExpired:
-            job.kill()
-            job.wait()
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(f"{prefix}*", count=10_000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i : i + 1000])
+        stop_process(job)
+        delete_prefixes(redis_url, prefix)
 
 
 @pytest.fixture()

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import redis
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from hcp.frames import encode_frame, frame_schema
 from hcp.topics import Topics
+from tests.support.cleanup import delete_prefixes
 from tests.support.faultkit import (
     Fleet,
     Job,
@@ -121,8 +121,4 @@ def test_sigkill_while_reading_frames_then_resume_equals_one_uninterrupted_run(
                 ("3", "out_of_range:util_pct"),
             }
         finally:
-            client = redis.Redis.from_url(redis_url)
-            for prefix in prefixes:
-                keys = list(client.scan_iter(f"{prefix}*", count=10_000))
-                if keys:
-                    client.delete(*keys)
+            delete_prefixes(redis_url, *prefixes)

@@ -27,6 +27,7 @@ import redis
 from confluent_kafka import Producer
 
 from hcp.topics import Topics
+from tests.support.cleanup import delete_prefixes
 from tests.support.faultkit import (
     CutProxy,
     Fleet,
@@ -54,11 +55,7 @@ OUTAGE_S = 12.0
 
 
 def _drop(url: str, prefixes: list[str]) -> None:
-    client = redis.Redis.from_url(url)
-    for prefix in prefixes:
-        keys = list(client.scan_iter(f"{prefix}*", count=10_000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i : i + 1000])
+    delete_prefixes(url, *prefixes)
 
 
 class Sinks:

@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from flows.recovery import INITIALISING, MANIFEST, prepare_recovery_dir
 from flows.settings import JobSettings
 from hcp.topics import Topics
+from tests.support.cleanup import delete_prefixes
 from tests.support.faultkit import (
     KILL_MODES,
     Fleet,
@@ -93,11 +94,7 @@ def world(
     with scratch_databases(5) as dsns:
         w = World(bootstrap, redis_url, dsns, tmp_path_factory.mktemp("recovery"))
         yield w
-        client = redis.Redis.from_url(redis_url)
-        for prefix in w.prefixes:
-            keys = list(client.scan_iter(f"{prefix}*", count=10_000))
-            for i in range(0, len(keys), 1000):
-                client.delete(*keys[i : i + 1000])
+        delete_prefixes(redis_url, *w.prefixes)
 
 
 def crash_until_done(

@@ -18,6 +18,7 @@ import redis
 
 from hcp.topics import Topics
 from sinks.postgres.schema import apply_migrations
+from tests.support.cleanup import delete_prefixes
 from tests.support.clusterkit import (
     PG_ADMIN_DSN,
     finish,
@@ -53,10 +54,7 @@ def reference(bootstrap: str, fleet_topics: Topics, redis_url: str) -> tuple[dic
 
 
 def _drop(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(f"{prefix}*", count=10_000))
-    if keys:
-        client.delete(*keys)
+    delete_prefixes(url, prefix)
 
 
 def test_two_processes_write_byte_identical_output(

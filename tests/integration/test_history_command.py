@@ -176,7 +176,8 @@ def test_db_init_creates_a_missing_database_and_is_idempotent(pg_dsn: str, capsy
         with psycopg.connect(dsn) as conn:
             rows = conn.execute("SELECT version, path FROM schema_migrations ORDER BY 1")
             assert rows.fetchall() == [
-                (1, "common"), (2, "postgres"), (3, "common"), (4, "postgres"), (5, "common")
+                (1, "common"), (2, "postgres"), (3, "common"), (4, "common"), (5, "common"),
+                (6, "postgres"),
             ]
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as admin:

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 
 from generators.run import generate
 from generators.scenario import load_scenario
 from generators.simulation import SimConfig
 from hcp.topics import Topics
 from tests.conftest import PG_ADMIN_DSN
+from tests.support.cleanup import delete_prefixes, stop_process
 from tests.support.flowkit import make_topics, produce
 from tests.support.generator_helpers import read_topic
 from tests.support.promkit import PromServer, expand_sql_macros, prometheus_server
@@ -149,16 +149,8 @@ def live(
             yield Live(prom, pg_dsn, _scrape(port), started, sent, topics)
     finally:
         if job is not None:
-            job.terminate()
-            try:
-                job.wait(30)
-            except subprocess.TimeoutExpired:
-                job.kill()
-                job.wait()
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(f"{prefix}*", count=10_000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i : i + 1000])
+            stop_process(job)
+        delete_prefixes(redis_url, prefix)
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 

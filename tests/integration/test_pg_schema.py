@@ -151,8 +151,9 @@ def test_plain_path_creates_every_table_view_and_brin_index(fresh_dsn: str) -> N
         (1, "tables", "common"),
         (2, "time_layout", "postgres"),
         (3, "write_marks", "common"),
-        (4, "control_loop", "postgres"),
+        (4, "control_loop", "common"),
         (5, "api_keys", "common"),
+        (6, "control_loop_time_layout", "postgres"),
     ]
     assert ext is None  # the Timescale branch was skipped, not half-run
 
@@ -309,7 +310,7 @@ def test_plain_plan_has_no_timescale_calls_and_the_same_rollup_columns() -> None
         "timescaledb",
     ):
         assert fn not in text
-    assert sum("USING brin" in s for s in plain) == 8  # 6 of 0002, 2 of 0004
+    assert sum("USING brin" in s for s in plain) == 8  # 6 of 0002, 2 of 0006
 
     def rollup_columns(stmts: list[str]) -> list[str]:
         view = next(s for s in stmts if "VIEW" in s and "site_hourly_profit" in s)

@@ -1,4 +1,5 @@
--- Control loop (issue 17), plain PostgreSQL path: ordinary heaps with BRIN time indexes.
+-- Control loop (issue 17): the compliance tables, the same on both paths; their time
+-- layout (BRIN indexes or hypertables and policies) is migration 0006.
 
 -- One row per device and judged window: the command in force, whether the device
 -- followed it, and realised value from observed figures (docs/control-loop.md).
@@ -37,6 +38,3 @@ CREATE TABLE IF NOT EXISTS site_compliance (
     actual_net_usd   double precision,
     PRIMARY KEY (site, window_end)
 );
-
-CREATE INDEX IF NOT EXISTS device_compliance_window_end_brin ON device_compliance USING brin (window_end);
-CREATE INDEX IF NOT EXISTS site_compliance_window_end_brin ON site_compliance USING brin (window_end);
