@@ -167,7 +167,8 @@ window.opsPage = () => ({
 
   async pushChange(site, action, gained) {
     const elec = this.prices.find((p) => p.key === `electricity_usd_mwh:${site.site}`);
-    let text = `${site.site}: ${gained} ${ACTION_DEVICES[action]} ${action}`;
+    const devices = gained === 1 ? ACTION_DEVICES[action].slice(0, -1) : ACTION_DEVICES[action];
+    let text = `${site.site}: ${gained} ${devices} ${action}`;
     if (elec) text += `, electricity ${fmt.num(elec.value)} USD/MWh`;
     const entry = { id: ++this._seq, window_end: site.window_end, text };
     this.feed.unshift(entry);
