@@ -61,3 +61,19 @@ def pg_dsn() -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def own_pg_dsn() -> Iterator[str]:
+    """A fresh, migrated database for one module whose rows must not meet other modules'
+    (a live job, API keys and workload owners, time-range queries over "the latest")."""
+    from sinks.postgres.schema import apply_migrations
+
+    name = f"hcp_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    apply_migrations(dsn)
+    yield dsn
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

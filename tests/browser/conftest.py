@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
@@ -29,8 +28,6 @@ from generators.run import generate
 from generators.scenario import load_scenario
 from generators.simulation import SimConfig
 from hcp.topics import Topics
-from sinks.postgres.schema import apply_migrations
-from tests.conftest import PG_ADMIN_DSN
 from tests.support.apikit import LiveApi, make_key
 from tests.support.cleanup import delete_prefixes, stop_process
 from tests.support.flowkit import make_topics
@@ -132,24 +129,10 @@ class ConsoleErrors:
 
 
 @pytest.fixture(scope="module")
-def console_dsn() -> Iterator[str]:
-    """The console's own database: its live job must not write into the session's, which
-    other modules read as theirs."""
-    name = f"hcp_console_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    apply_migrations(dsn)
-    yield dsn
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
 def stack(
-    bootstrap: str, redis_url: str, console_dsn: str, tmp_path_factory: pytest.TempPathFactory
+    bootstrap: str, redis_url: str, own_pg_dsn: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    pg_dsn = console_dsn
+    pg_dsn = own_pg_dsn  # its live job must not write into the session's database
     missing = [name for name, path in VENDOR.items() if not path.is_file()]
     assert not missing, f"console libraries missing ({missing}): run `make console-assets`"
     assert shutil.which(CHROMIUM) or Path(CHROMIUM).is_file(), (

@@ -27,7 +27,8 @@ WORKLOAD = {"customer": "acme", "priority": 5, "gpus": 1, "mem_gb": 1.0, "est_du
 
 
 @pytest.fixture()
-def proxied(redis_url: str, pg_dsn: str, redis_prefix: str) -> Iterator[tuple]:
+def proxied(redis_url: str, own_pg_dsn: str, redis_prefix: str) -> Iterator[tuple]:
+    pg_dsn = own_pg_dsn
     broker_port = free_port()
     broker_proxy = CutProxy(("127.0.0.1", broker_port))
     redis_proxy = CutProxy(redis_target(redis_url))

@@ -81,7 +81,8 @@ def _run_job(env_bootstrap: str, topics: Topics, redis_url: str, prefix: str, ds
 
 
 @pytest.fixture(scope="module")
-def env(bootstrap: str, redis_url: str, pg_dsn: str) -> Iterator[Env]:
+def env(bootstrap: str, redis_url: str, own_pg_dsn: str) -> Iterator[Env]:
+    pg_dsn = own_pg_dsn  # workload owners and keys of this module only
     topics = Topics(prefix=f"t{uuid.uuid4().hex[:10]}.")
     prefix = f"t{uuid.uuid4().hex[:10]}:"
     ensure_topics(bootstrap, topics.all(), PARTS)

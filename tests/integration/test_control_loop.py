@@ -189,8 +189,9 @@ def test_stale_feed_gives_stale_price_and_no_switch(run: tuple[Topics, object]) 
 
 
 def test_compliance_lands_in_redis_and_postgres(
-    run: tuple[Topics, object], redis_url: str, redis_prefix: str, pg_dsn: str
+    run: tuple[Topics, object], redis_url: str, redis_prefix: str, own_pg_dsn: str
 ) -> None:
+    pg_dsn = own_pg_dsn  # "the latest windows" of other modules must not be in its range
     _, sink = run
     items = [(t, df) for t, df in sink.items if t in ("compliance", "site_compliance")]
     writer = RedisWriter(redis_url, prefix=redis_prefix)
