@@ -152,28 +152,8 @@ def profitability(
     device: str | None = None,
 ) -> tuple[pl.DataFrame, datetime | None, datetime | None]:
     """Profit per device or site; returns the table and the range actually used."""
-    if until is None:
-        row = conn.execute("SELECT max(window_end) FROM recommendations").fetchone()
-        until = row[0] if row else None
-        if until is None:  # nothing stored yet
-            until = datetime.now(UTC)
-    if since is None:
-        since = until - timedelta(hours=24)
-    clauses = ["window_end > %(since)s", "window_end <= %(until)s"]
-    params: dict[str, object] = {"since": since, "until": until}
-    if site:
-        clauses.append("site = %(site)s")
-        params["site"] = site
-    if device:
-        clauses.append("device_id = %(device)s")
-        params["device"] = device
-    query = (_BY_DEVICE if by == "device" else _BY_SITE).format(where=" AND ".join(clauses))
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        names = [d.name for d in cur.description or []]
-        rows = cur.fetchall()
-    frame = pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
-    return frame, since, until
+    query = _BY_DEVICE if by == "device" else _BY_SITE
+    return _windowed(conn, "recommendations", query, since, until, site, device)
 
 
 def compliance(
@@ -186,7 +166,23 @@ def compliance(
     device: str | None = None,
 ) -> tuple[pl.DataFrame, datetime | None, datetime | None]:
     """Compliance and realised value per device or site; the table and the range used."""
-    table = "device_compliance" if by == "device" else "site_compliance"
+    if by == "device":
+        return _windowed(conn, "device_compliance", _COMPLIANCE_BY_DEVICE, since, until, site,
+                         device)
+    # Site rows have no device to filter on.
+    return _windowed(conn, "site_compliance", _COMPLIANCE_BY_SITE, since, until, site, None)
+
+
+def _windowed(
+    conn: psycopg.Connection,
+    table: str,
+    query: str,
+    since: datetime | None,
+    until: datetime | None,
+    site: str | None,
+    device: str | None,
+) -> tuple[pl.DataFrame, datetime, datetime]:
+    """``query`` over ``table``'s windows in a range: by default the 24 h up to its latest."""
     if until is None:
         row = conn.execute(f"SELECT max(window_end) FROM {table}").fetchone()
         until = row[0] if row and row[0] is not None else datetime.now(UTC)
@@ -197,14 +193,11 @@ def compliance(
     if site:
         clauses.append("site = %(site)s")
         params["site"] = site
-    if device and by == "device":
+    if device:
         clauses.append("device_id = %(device)s")
         params["device"] = device
-    query = (_COMPLIANCE_BY_DEVICE if by == "device" else _COMPLIANCE_BY_SITE).format(
-        where=" AND ".join(clauses)
-    )
     with conn.cursor() as cur:
-        cur.execute(query, params)
+        cur.execute(query.format(where=" AND ".join(clauses)), params)
         names = [d.name for d in cur.description or []]
         rows = cur.fetchall()
     return pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None), since, until
