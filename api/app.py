@@ -75,7 +75,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(orchestrator.router)
     app.include_router(stream.router)
     app.include_router(sites.history_router)
-    app.include_router(sites.stream_router)
     app.include_router(sites.gpus_router)
     mount_console(app)
 

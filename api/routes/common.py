@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from api.auth import require_role
 from api.models import Problem as ProblemModel
 from api.problems import PROBLEM_TYPE, ProblemError
 
@@ -17,6 +18,8 @@ __all__ = [
     "CONFLICT",
     "ERRORS",
     "NOT_FOUND",
+    "admin",
+    "anyone",
     "csv_set",
     "decode_cursor",
     "encode_cursor",
@@ -37,6 +40,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: _problem("invalid parameters or body; `errors` lists every bad field"),
     503: _problem("a dependency (Redis, PostgreSQL, broker) is unreachable"),
 }
+# The two roles of contract section 6, as route dependencies.
+admin = require_role("admin")
+anyone = require_role("admin", "customer")
+
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _problem("no such id")}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: _problem("conflicts with the current state")}
 

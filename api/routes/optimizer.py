@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
-from api.auth import Principal, require_role
+from api.auth import Principal
 from api.models import (
     CalcRequest,
     CalcResponse,
@@ -27,6 +27,8 @@ from api.read_model import Rec, parse_rec
 from api.routes.common import (
     ERRORS,
     NOT_FOUND,
+    admin,
+    anyone,
     csv_set,
     decode_cursor,
     encode_cursor,
@@ -41,8 +43,6 @@ from flows.profitability.whatif import GPU_STATE_CODES, WhatIfPrices, evaluate
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1", tags=["optimizer"], responses=ERRORS)
-admin = require_role("admin")
-anyone = require_role("admin", "customer")
 DEVICE_ID = Path(min_length=1, max_length=256)
 
 

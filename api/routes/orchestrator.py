@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
-from api.auth import Principal, require_role
+from api.auth import Principal
 from api.models import (
     CancelAccepted,
     Health,
@@ -32,6 +32,8 @@ from api.routes.common import (
     CONFLICT,
     ERRORS,
     NOT_FOUND,
+    admin,
+    anyone,
     csv_set,
     decode_cursor,
     encode_cursor,
@@ -46,8 +48,6 @@ from hcp.workload_requests import cancel_message, submit_message
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1", tags=["orchestrator"], responses=ERRORS)
-admin = require_role("admin")
-anyone = require_role("admin", "customer")
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 WORKLOAD_ID = Path(min_length=1, max_length=128)
 IDEMPOTENCY_KEY = Header(

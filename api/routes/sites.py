@@ -9,16 +9,12 @@ number of sites instead:
   event time before the latest window.
 - ``GET /api/v1/gpus/cordoned``: the GPUs the router has cordoned now (reason, since,
   site), from its ``gpu:cordoned`` Redis hash (docs/workloads.md).
-- ``GET /api/v1/stream/sites``: Server-Sent Events, one ``sites`` event with the
-  ``/api/v1/sites`` document whenever it changes (checked every second from the read
-  model, so at most about two seconds behind Redis).
+- ``GET /api/v1/stream/sites`` (in :mod:`api.routes.stream`, with the other streams): one
+  ``sites`` event with the ``/api/v1/sites`` document whenever it changes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -26,25 +22,21 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-from api.auth import Principal, require_role
+from api.auth import Principal
 from api.problems import ProblemError
 from api.read_model import _text
-from api.routes.common import ERRORS, json_doc, to_ms
+from api.routes.common import ERRORS, admin, json_doc, to_ms
 from api.routes.optimizer import ensure_model
-from api.routes.orchestrator import sites_doc
 from api.services import Services
 
-__all__ = ["gpus_router", "history_router", "stream_router"]
+__all__ = ["gpus_router", "history_router"]
 
 history_router = APIRouter(prefix="/api/v1/sites", tags=["orchestrator"], responses=ERRORS)
-stream_router = APIRouter(prefix="/api/v1/stream", tags=["stream"], responses=ERRORS)
 gpus_router = APIRouter(prefix="/api/v1/gpus", tags=["orchestrator"], responses=ERRORS)
-admin = require_role("admin")
 DEFAULT_SPAN_MS = 3 * 3600 * 1000
 MAX_SPAN_MS = 7 * 86400 * 1000
-KEEPALIVE_S = 15.0
 
 _HISTORY = """
 SELECT window_end, site,
@@ -114,50 +106,6 @@ async def site_history(
 def ms_dt(value: int) -> datetime:
     """Epoch milliseconds as the aware datetime the history tables hold."""
     return datetime.fromtimestamp(value / 1000, tz=UTC)
-
-
-@stream_router.get(
-    "/sites",
-    responses={200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
-)
-async def stream_sites(
-    request: Request, _: Annotated[Principal, Depends(admin)]
-) -> StreamingResponse:
-    """The ``/api/v1/sites`` document as an event each time it changes."""
-    services: Services = request.app.state.services
-    await ensure_model(services)
-
-    async def events() -> AsyncIterator[bytes]:
-        last = b""
-        sent_at = time.monotonic()
-        failing = False
-        yield b": connected\n\n"
-        while True:  # cancelled by StreamingResponse when the client goes away
-            try:
-                model = services.fresh_model()
-                if failing:
-                    failing = False
-                    yield b'event: status\ndata: {"redis":"ok"}\n\n'
-            except ProblemError as exc:  # Redis away: say so once, keep the connection
-                model = None
-                if not failing:
-                    failing = True
-                    yield b"event: error\ndata: " + orjson.dumps({"detail": exc.detail}) + b"\n\n"
-            if model is not None:
-                body = orjson.dumps(sites_doc(model), option=orjson.OPT_SERIALIZE_NUMPY)
-                if body != last:
-                    last, sent_at = body, time.monotonic()
-                    yield b"event: sites\ndata: " + body + b"\n\n"
-            if time.monotonic() - sent_at > KEEPALIVE_S:
-                sent_at = time.monotonic()
-                yield b": keepalive\n\n"
-            await asyncio.sleep(1.0)
-
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
 
 
 class CordonedGpu(BaseModel):

@@ -22,17 +22,17 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from redis.exceptions import RedisError
 from starlette.responses import StreamingResponse
 
-from api.auth import Principal, require_role
+from api.auth import Principal
 from api.problems import ProblemError
 from api.read_model import _text
-from api.routes.common import ERRORS
+from api.routes.common import ERRORS, admin, anyone
+from api.routes.optimizer import ensure_model
+from api.routes.orchestrator import sites_doc
 from api.services import Services
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/stream", tags=["stream"], responses=ERRORS)
-admin = require_role("admin")
-anyone = require_role("admin", "customer")
 _ID = re.compile(r"^(\d+)(-\d+)?$")
 _SSE = {200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}}
 KEEPALIVE_S = 15.0
@@ -146,3 +146,44 @@ async def stream_workloads(
     customer = None if principal.is_admin else principal.customer
     allowed: set[str] = set()
     return _sse(_events(services, key, "workload", start, request, allowed, customer))
+
+
+@router.get("/sites", responses=_SSE)
+async def stream_sites(
+    request: Request, _: Annotated[Principal, Depends(admin)]
+) -> StreamingResponse:
+    """The ``/api/v1/sites`` document as an event each time it changes (contract 7).
+
+    Checked every second from the read model, so at most about two seconds behind Redis;
+    the size of the number of sites, not of the devices' recommendation stream.
+    """
+    services: Services = request.app.state.services
+    await ensure_model(services)
+    return _sse(_sites_events(services))
+
+
+async def _sites_events(services: Services) -> AsyncIterator[bytes]:
+    last = b""
+    sent_at = time.monotonic()
+    failing = False
+    yield b": connected\n\n"
+    while True:  # cancelled by StreamingResponse when the client goes away
+        try:
+            model = services.fresh_model()
+            if failing:
+                failing = False
+                yield b'event: status\ndata: {"redis":"ok"}\n\n'
+        except ProblemError as exc:  # Redis away: say so once, keep the connection
+            model = None
+            if not failing:
+                failing = True
+                yield b"event: error\ndata: " + orjson.dumps({"detail": exc.detail}) + b"\n\n"
+        if model is not None:
+            body = orjson.dumps(sites_doc(model), option=orjson.OPT_SERIALIZE_NUMPY)
+            if body != last:
+                last, sent_at = body, time.monotonic()
+                yield b"event: sites\ndata: " + body + b"\n\n"
+        if time.monotonic() - sent_at > KEEPALIVE_S:
+            sent_at = time.monotonic()
+            yield b": keepalive\n\n"
+        await asyncio.sleep(1.0)
