@@ -6,6 +6,7 @@ session's own fresh PostgreSQL database, so tests never see each other's data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -51,16 +52,24 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     delete_prefixes(redis_url, prefix)
 
 
+@contextlib.contextmanager
+def new_database(label: str = "test") -> Iterator[str]:
+    """A new PostgreSQL database on the test server (a URL DSN), dropped afterwards."""
+    name = f"hcp_{label}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
-    name = f"hcp_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +78,6 @@ def own_pg_dsn() -> Iterator[str]:
     (a live job, API keys and workload owners, time-range queries over "the latest")."""
     from sinks.postgres.schema import apply_migrations
 
-    name = f"hcp_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    apply_migrations(dsn)
-    yield dsn
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database() as dsn:
+        apply_migrations(dsn)
+        yield dsn

@@ -18,9 +18,9 @@ import redis
 
 from hcp.topics import Topics
 from sinks.postgres.schema import apply_migrations
+from tests.conftest import PG_ADMIN_DSN
 from tests.support.cleanup import delete_prefixes
 from tests.support.clusterkit import (
-    PG_ADMIN_DSN,
     finish,
     fresh_database,
     generate_fleet,

@@ -3,7 +3,6 @@ anything that may already be stored (replays, a crash between the two sinks) is 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import polars as pl
@@ -14,6 +13,7 @@ from polars.testing import assert_frame_equal
 from sinks.postgres.schema import apply_migrations
 from sinks.postgres.sink import PostgresSink
 from sinks.postgres.writer import PgWriter
+from tests.conftest import new_database
 from tests.integration.test_pg_sink import _batches, expected, read_back
 from tests.support.faults import InjectedFaultError
 
@@ -23,14 +23,9 @@ TABLES = ("device_windows", "recommendations")
 @pytest.fixture()
 def db(pg_dsn: str) -> Iterator[str]:
     """A fresh, migrated database for one test."""
-    name = f"hcp_pgfast_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = f"{pg_dsn.rsplit('/', 1)[0]}/{name}"
-    apply_migrations(dsn)
-    yield dsn
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database("pgfast") as dsn:
+        apply_migrations(dsn)
+        yield dsn
 
 
 def _mark(dsn: str, table: str) -> int | None:

@@ -9,7 +9,6 @@ import math
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import bytewax.operators as op
@@ -26,6 +25,7 @@ from sinks.metrics import SINK_ERRORS, SINK_OUTAGES, SINK_ROWS
 from sinks.postgres.schema import apply_migrations
 from sinks.postgres.sink import PostgresSink
 from sinks.postgres.writer import PgWriter
+from tests.conftest import new_database
 from tests.support.faults import InjectedFaultError, fail_once_before_commit
 
 T0 = 1_764_000_000_000
@@ -79,14 +79,9 @@ NOT_NULL = {
 @pytest.fixture()
 def db(pg_dsn: str) -> Iterator[str]:
     """A fresh, migrated database for one test."""
-    name = f"hcp_pgsink_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = f"{pg_dsn.rsplit('/', 1)[0]}/{name}"
-    apply_migrations(dsn)
-    yield dsn
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database("pgsink") as dsn:
+        apply_migrations(dsn)
+        yield dsn
 
 
 def random_frame(table: str, n: int, seed: int, *, key_offset: int = 0) -> pl.DataFrame:

@@ -13,8 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -24,9 +22,9 @@ from generators.run import generate
 from generators.scenario import load_scenario
 from generators.simulation import SimConfig
 from hcp.topics import Topics
+from tests.conftest import new_database
 
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-PG_ADMIN_DSN = os.environ.get("HCP_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -40,17 +38,9 @@ def generate_fleet(bootstrap: str, topics: Topics, duration_s: int = 600, seed: 
     generate(config, bootstrap, topics, partitions=4)
 
 
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
+def fresh_database() -> contextlib.AbstractContextManager[str]:
     """A new, uniquely named PostgreSQL database, dropped afterwards."""
-    name = f"hcp_cluster_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return new_database("cluster")
 
 
 def job_env(bootstrap: str, topics: Topics, redis_url: str, prefix: str, dsn: str) -> dict:
