@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hcp.extras import require
+
 __all__ = ["COLUMNS", "table", "write_chart", "write_json"]
 
 COLUMNS = (
@@ -37,8 +39,7 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
 
 def write_chart(path: Path, rows: list[dict[str, Any]]) -> None:
     """One panel per measure, one bar per run (matplotlib, in the bench extra)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "bench", "the backtest chart")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

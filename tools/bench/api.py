@@ -35,7 +35,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import polars as pl
 import psycopg
@@ -44,6 +43,7 @@ from api.keys import create_key
 from flows.profitability.prices import price_rows
 from hcp.config import env_arg, positive_int
 from hcp.errors import ConfigError
+from hcp.extras import require
 from hcp.kafka_admin import ensure_topics
 from hcp.topics import Topics
 from sinks.postgres.schema import apply_migrations
@@ -97,6 +97,8 @@ def _wrk(url: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, A
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float, ready: Any = None) -> float:
+    import httpx
+
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         if proc.poll() is not None:
@@ -165,6 +167,7 @@ def run_api_bench(args: argparse.Namespace) -> int:
     """The whole ``hcp bench api`` run; prints the table, writes the JSON."""
     if shutil.which("wrk") is None:
         raise ConfigError("wrk is not installed: apt-get install wrk (Debian package 'wrk')")
+    require("httpx", "bench", "hcp bench api")
     say = (lambda *a: None) if getattr(args, "quiet", False) else print
     logging.getLogger("httpx").setLevel(logging.WARNING)
     run = uuid.uuid4().hex[:8]
@@ -285,6 +288,8 @@ def run_api_bench(args: argparse.Namespace) -> int:
 
 def _error_counts(url: str) -> dict[str, float]:
     """Answers other than 200/202 per route and status, from the API's own /metrics."""
+    import httpx
+
     out = {}
     text = httpx.get(f"{url}/metrics", timeout=30).text
     pattern = r'^hcp_api_requests_total\{method="(\w+)",route="([^"]+)",status="(\d+)"\} (\S+)'
@@ -296,6 +301,8 @@ def _error_counts(url: str) -> dict[str, float]:
 
 def _freshness(url: str, key: str, writer: RedisWriter, window: pl.DataFrame, n: int) -> float:
     """Seconds from the sink finishing a new window to the API serving its last device."""
+    import httpx
+
     nxt = next_window(window, seed=7)
     new_end = int(nxt["window_end"][0])
     last = nxt["device_id"].sort()[-1]

@@ -27,7 +27,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import redis
 
@@ -50,6 +49,8 @@ CHROMIUM_ARGS = [
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, devices: int, timeout_s: float) -> float:
+    import httpx
+
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         if proc.poll() is not None:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hcp.errors import ConfigError
+from hcp.extras import require
 
 __all__ = [
     "RESULT_KEYS",
@@ -221,12 +221,7 @@ def format_table(results: BenchResults) -> str:
 
 def write_chart(results: BenchResults, path: Path) -> None:
     """A bar chart of events/s for the limit, HCP and the baseline, with HCP's ratios."""
-    try:
-        import matplotlib
-    except ImportError:
-        msg = "the benchmark chart needs the 'bench' extra: pip install 'hcp[bench]'"
-        raise ConfigError(msg) from None
-
+    matplotlib = require("matplotlib", "bench", "the benchmark chart")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
