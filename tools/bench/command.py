@@ -30,6 +30,7 @@ from tools.bench.latency import measure_latency
 from tools.bench.limit import DECODERS, measure_limit
 from tools.bench.progress import Progress
 from tools.bench.report import BenchResults, format_table, machine_info, write_chart, write_json
+from tools.bench.soak import add_soak_args
 from tools.broker import EmbeddedBroker
 
 __all__ = ["register"]
@@ -194,6 +195,10 @@ def _bench(args: argparse.Namespace) -> int:
         from tools.bench.api import run_api_bench
 
         return run_api_bench(args)
+    if args.part == "soak":
+        from tools.bench.soak import soak_main
+
+        return soak_main(args)
     if args.frames_only and args.skip_frames:
         msg = "--frames-only and --skip-frames leave nothing to measure"
         raise ConfigError(msg)
@@ -309,7 +314,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              "same_recommendations_frames)")
     add_settings(p, "quiet", "bootstrap", "redis", "pg")
     add_api_bench_args(p)
-    p.add_argument("part", nargs="?", default="pipeline", choices=("pipeline", "api"),
-                   help="what to measure: the streaming pipeline (default) or `hcp api` "
-                   "under wrk (docs/api.md)")
+    add_soak_args(p)
+    p.add_argument("part", nargs="?", default="pipeline", choices=("pipeline", "api", "soak"),
+                   help="what to measure: the streaming pipeline (default), `hcp api` "
+                   "under wrk (docs/api.md), or `soak`: the live path for --minutes, sampled "
+                   "every --sample-s, with a verdict that nothing grows without bound "
+                   "(docs/benchmark.md)")
     p.set_defaults(func=_bench)
