@@ -5,9 +5,9 @@ a real-time generator at ``--rate`` events/s for ``--minutes``. Every ``--sample
 samples what could grow without bound: the job's RSS (its process tree), how far its
 watermark trails the simulated clock, librdkafka's consumer lag, the window-end-to-Redis
 delay of the windows closed since the last sample, the bytes and keys under the run's Redis
-prefix, and the run's PostgreSQL database. The verdict compares the last third of the run
-with the middle third: a bounded series is flat there (within a tolerance); history in
-PostgreSQL is expected to grow, but by the same bytes per minute.
+prefix, and the run's PostgreSQL database. The verdict looks at the trend of each series
+over the last third of the run: a bounded series is flat there (within a tolerance);
+history in PostgreSQL is expected to grow, but by the same bytes per minute.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ SIM0_MS = 1_767_225_600_000  # the generator's default start, a window boundary
 # Noise floors under which a change between thirds is not growth, whatever its ratio.
 FLOORS = {"rss_mb": 64.0, "redis_bytes": 8 * 1024**2, "redis_keys": 64,
           "watermark_lag_s": 5.0, "close_p99_s": 2.0}
-GROWTH_TOLERANCE = 0.10  # last third may exceed the middle third by 10% (+ the floor)
+GROWTH_TOLERANCE = 0.05  # change over the last third within 5% of its mean (+ the floor)
 
 
 @dataclass
@@ -159,24 +159,37 @@ def _series(samples: list[SoakSample], name: str) -> list[float]:
     return [float(v) for s in samples if (v := getattr(s, name)) is not None]
 
 
-def verdict(samples: list[SoakSample]) -> dict[str, Any]:
-    """Per series: middle-third mean, last-third mean, growth, and whether it is bounded.
+def _trend(t: list[float], y: list[float]) -> float:
+    """Least-squares change of ``y`` over the span of ``t``."""
+    n = len(t)
+    mt, my = sum(t) / n, sum(y) / n
+    var = sum((a - mt) ** 2 for a in t)
+    if var == 0:
+        return 0.0
+    slope = sum((a - mt) * (b - my) for a, b in zip(t, y, strict=True)) / var
+    return slope * (t[-1] - t[0])
 
-    Thirds rather than a slope over the whole run: the first third holds the warm-up (the
-    JIT, the first windows, a Redis stream filling to its MAXLEN), which is not growth.
+
+def verdict(samples: list[SoakSample]) -> dict[str, Any]:
+    """Per series: its trend over the last third of the run, and whether it is bounded.
+
+    The last third rather than the whole run: the first two thirds hold the warm-up (the
+    JIT, the first windows, a Redis stream filling to its MAXLEN), which is not growth. A
+    series is bounded when its least-squares change over the last third stays within
+    ``GROWTH_TOLERANCE`` of its mean there plus the series' noise floor.
     """
     out: dict[str, Any] = {}
     for name, floor in FLOORS.items():
-        values = _series(samples, name)
-        if len(values) < 3:
-            out[name] = {"bounded": None, "why": f"{len(values)} samples, need 3"}
+        pairs = [(s.t_s, float(v)) for s in samples if (v := getattr(s, name)) is not None]
+        if len(pairs) < 3:
+            out[name] = {"bounded": None, "why": f"{len(pairs)} samples, need 3"}
             continue
-        third = len(values) // 3
-        middle, last = values[third:2 * third], values[2 * third:]
-        m, ell = sum(middle) / len(middle), sum(last) / len(last)
-        bounded = ell <= m * (1 + GROWTH_TOLERANCE) + floor
-        out[name] = {"middle_mean": round(m, 3), "last_mean": round(ell, 3),
-                     "growth": round(ell / m - 1, 4) if m else None, "bounded": bounded}
+        last = pairs[len(pairs) - max(3, len(pairs) // 3):]
+        t, y = [p[0] for p in last], [p[1] for p in last]
+        mean = sum(y) / len(y)
+        change = _trend(t, y)
+        out[name] = {"last_third_mean": round(mean, 3), "last_third_change": round(change, 3),
+                     "bounded": change <= GROWTH_TOLERANCE * abs(mean) + floor}
     # History grows by design; what must hold is a steady rate (bytes per minute).
     pg = _series(samples, "pg_bytes")
     t = _series(samples, "t_s")
