@@ -7,10 +7,12 @@ market prices (``kind, value, site, model, ts``) and GPU recommendations
 ``now`` (the latest ``ts`` seen) and :meth:`Router.drain` hands back the workload events
 (``WORKLOAD_EVENT_SCHEMA`` rows) and assignment messages (see ``docs/workloads.md``).
 
-Telemetry drives the late states: an assigned workload becomes ``running`` when one of
-its GPUs reports its id, ``completed`` when one of its GPUs reports idle after it started,
-``failed`` when one of its GPUs goes down while it runs. Assigned work whose GPU goes down
-or that no GPU reports within ``assign_timeout_s`` goes back to the queue.
+Telemetry drives the late states: an assigned workload becomes ``running`` when every one
+of its GPUs has reported its id (a GPU that never does gets the miss when the assignment
+times out, and the job is placed again without it), ``completed`` when one of its GPUs
+reports idle after it started, ``failed`` when one of its GPUs goes down while it runs.
+Assigned work whose GPU goes down or that no GPU reports within ``assign_timeout_s`` goes
+back to the queue.
 
 A GPU that never starts its assigned work is not offered that workload again, backs off
 (``assign_timeout_s`` doubling per miss) and after ``cordon_after`` misses in a row is
@@ -110,27 +112,30 @@ class Router:
         """
         if df.height == 0:
             return
-        df = df.with_row_index("_row").sort("ts", maintain_order=True)
+        # ``at_ts`` (flows/router/clock.py): a late command applied at the router's time.
+        at = pl.coalesce("at_ts", "ts") if "at_ts" in df.columns else pl.col("ts")
+        df = df.with_row_index("_row").with_columns(at.alias("_at")).sort(
+            "_at", maintain_order=True)
         cancels: list[tuple[int, int, str]] = []
         if "op" in df.columns:
             is_cancel = pl.col("op") == "cancel"
             cancels = list(zip(*(df.filter(is_cancel)[c].to_list()
-                                 for c in ("ts", "_row", "workload_id")), strict=True))
+                                 for c in ("_at", "_row", "workload_id")), strict=True))
             df = df.filter(~is_cancel.fill_null(False))
         if df.height:
             df = classify(df)
         if "max_price_usd_hr" not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("max_price_usd_hr"))
         cols = ("workload_id", "customer", "kind", "priority", "gpus", "mem_gb",
-                "est_duration_s", "max_price_usd_hr", "ts", "_row")
+                "est_duration_s", "max_price_usd_hr", "ts", "_at", "_row")
         ci = 0
-        for wid, cust, kind, prio, gpus, mem, dur, maxp, ts, row in zip(
+        for wid, cust, kind, prio, gpus, mem, dur, maxp, ts, at, row in zip(
             *(df[name].to_list() for name in cols), strict=True
         ):
-            while ci < len(cancels) and cancels[ci][:2] < (ts, row):
+            while ci < len(cancels) and cancels[ci][:2] < (at, row):
                 self._cancel(cancels[ci][2], cancels[ci][0])
                 ci += 1
-            self._tick(ts)
+            self._tick(at)
             old = self.workloads.get(wid)
             if old is not None:
                 # The same request again (same submit ts) is a source replay after a
@@ -141,8 +146,8 @@ class Router:
             w = Workload(wid, cust, kind, int(prio), int(gpus), float(mem), int(dur),
                          math.nan if maxp is None else float(maxp), int(ts))
             self.workloads[wid] = w
-            self.machine.transition(w, "submitted", ts, reason=kind)
-            self.machine.transition(w, "queued", ts)
+            self.machine.transition(w, "submitted", at, reason=kind)
+            self.machine.transition(w, "queued", at)
             self.queue.push(wid, w.priority, w.submit_ts)
         for ts, _, wid in cancels[ci:]:
             self._cancel(wid, ts)
@@ -214,8 +219,12 @@ class Router:
                     self._requeue(w, ts, "gpu_down")
             elif wl[r] == w.workload_id:
                 if w.state == "assigned" and ts >= w.assigned_ts:
-                    w.running_ts = ts
-                    self.machine.transition(w, "running", ts, gpu_ids=self._gpu_ids(w))
+                    if g not in w.confirmed:
+                        w.confirmed = (*w.confirmed, g)
+                    # A job runs when every GPU runs it: one dead agent must not hide.
+                    if len(w.confirmed) == len(w.gpu_idx):
+                        w.running_ts = ts
+                        self.machine.transition(w, "running", ts, gpu_ids=self._gpu_ids(w))
             elif (
                 wl[r] is None and states[r] == "idle" and w.state == "running"
                 and ts > w.running_ts
@@ -257,7 +266,7 @@ class Router:
         if self.machine.transition(w, "queued", ts, reason, self._gpu_ids(w)):
             self._message(w, "preempt")  # cancel the assignment wherever it still stands
             self._release(w)
-            w.gpu_idx, w.site = (), ""
+            w.gpu_idx, w.site, w.confirmed = (), "", ()
             self.queue.push(w.workload_id, w.priority, w.submit_ts)
 
     # -- GPU health ---------------------------------------------------------------------
@@ -265,7 +274,9 @@ class Router:
         """``w`` timed out unstarted: its GPUs back off or get cordoned; it avoids them."""
         cfg, fleet = self.config, self.fleet
         timeout = int(cfg.assign_timeout_s * 1000)
-        for g in w.gpu_idx:
+        # Only the GPUs that never reported it missed; the others proved they work.
+        missed = tuple(g for g in w.gpu_idx if g not in w.confirmed)
+        for g in missed:
             fleet.misses[g] += 1
             misses = int(fleet.misses[g])
             if misses >= cfg.cordon_after:
@@ -274,7 +285,7 @@ class Router:
                     self._set_cordon(g, True, "unresponsive")
             else:
                 fleet.hold_until[g] = self.now + timeout * 2 ** (misses - 1)
-        w.avoid = tuple(sorted(set(w.avoid) | set(w.gpu_idx)))
+        w.avoid = tuple(sorted(set(w.avoid) | set(missed)))
 
     def _set_cordon(self, g: int, on: bool, reason: str) -> None:
         fleet = self.fleet
@@ -582,7 +593,7 @@ class Router:
                 self.machine.transition(v, "preempted", self.now, reason, self._gpu_ids(v))
                 self._message(v, "preempt")
                 self._release(v)
-                v.gpu_idx, v.site = (), ""
+                v.gpu_idx, v.site, v.confirmed = (), "", ()
                 v.preemptions += 1
                 self.machine.transition(v, "queued", self.now, "preempted")
                 self.queue.push(v.workload_id, v.priority, v.submit_ts)
