@@ -221,6 +221,9 @@ class WorkloadSummary(BaseModel):
     gpus: list[str]
     site: str | None
     pending_reason: str | None
+    # A queued workload at the head of the queue holds a reservation (docs/workloads.md).
+    expected_start_ts: int | None = None
+    reserved_site: str | None = None
 
 
 class WorkloadDetail(WorkloadSummary):

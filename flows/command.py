@@ -16,6 +16,7 @@ from bytewax.run import cli_main
 from flows import metrics
 from flows.dataflow import build_flow
 from flows.layout import TopicLayout
+from flows.router import clock as router_clock
 from flows.settings import JobSettings, add_job_args
 from hcp.config import redis_url
 from hcp.errors import ConfigError
@@ -197,11 +198,17 @@ class RunTotals:
             ("windows", metrics.WINDOWS_CLOSED, "device_type"),
             ("dead", metrics.BAD_INPUT, "topic"),
             ("late", metrics.LATE_EVENTS, "kind"),
+            ("late_router", router_clock.LATE, "kind"),
+            ("late_commands", router_clock.LATE_COMMANDS, "op"),
         ):
             for family in metric.collect():
                 for sample in family.samples:
                     if sample.name.endswith("_total"):
                         values[(name, sample.labels.get(label, ""))] += sample.value
+        # Every late drop in one count: the profitability shards' and the router's.
+        for (name, label), v in list(values.items()):
+            if name == "late_router":
+                values[("late", f"router {label}")] += v
         return cls(values)
 
     def __sub__(self, other: RunTotals) -> RunTotals:
@@ -232,5 +239,7 @@ class RunTotals:
             f"{self.total('windows'):,} device windows closed{self._parts('windows')}; "
             f"{self.total('dead'):,} dead letters{self._parts('dead', prefix)}; "
             f"{self.total('late'):,} late events dropped{self._parts('late')}; "
+            f"{self.total('late_commands'):,} late workload commands applied at the "
+            f"router's time{self._parts('late_commands')}; "
             f"{seconds:.1f} s"
         )

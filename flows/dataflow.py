@@ -44,8 +44,7 @@ from flows.profitability.fleet import (
 )
 from flows.profitability.prices import price_rows
 from flows.profitability.shard import ShardConfig, ShardLogic
-from flows.router.flow import add_router_branch, router_inputs
-from flows.router.router import RouterConfig
+from flows.router.flow import add_router_branch, router_config, router_inputs
 from flows.settings import JobSettings
 from flows.source import KafkaBatchSource, SourceBatch
 from hcp.shutdown import Shutdown
@@ -229,12 +228,10 @@ def build_flow(
     side = op.flat_map("side_outputs", batches, side_outputs)
     # The router places AI work on GPUs; it reads the recommendations so that GPUs told to
     # power down get no work (docs/workloads.md).
-    router_config = RouterConfig(lateness_ms=settings.lateness_ms,
-                                 assign_timeout_s=settings.assign_timeout_s)
     routed = add_router_branch(
         batches,
         recs,
-        router_config,
+        router_config(settings),
         router_inputs(source),
         shutdown,
         idle_timeout_s=settings.idle_timeout_s,

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 # steps change (2: the layout of issue 10 moved every state class to flows/profitability/
 # and flows/router/; 3: the router's state gained GPU health, per-workload avoided GPUs and
 # pending reasons, issue 11; 4: site groups between the shards and the fleet step, issue 16;
-# 5: shard and router progress in flows/progress.py, issue 18).
-RECOVERY_FORMAT = 5
+# 5: shard and router progress in flows/progress.py, issue 18; 6: workloads gained
+# confirmed GPUs, the router reservations, issue 21).
+RECOVERY_FORMAT = 6
 MANIFEST = "hcp-recovery.json"
 INITIALISING = ".hcp-initialising"
 

@@ -34,6 +34,7 @@ class JobSettings:
     compliance_grace_s: float = default("compliance_grace_s")
     compliance_windows: int = default("compliance_windows")
     assign_timeout_s: float = default("assign_timeout_s")
+    reservations: int = default("reservations")
     batch_size: int = default("batch_size")
     linger_s: float = default("linger_s")
     stream_maxlen: int = default("stream_maxlen")
@@ -138,7 +139,8 @@ JOB_SETTINGS = (
     "bootstrap", "redis", "pg", "redis_prefix", "topic_prefix", "partitions",
     "window_s", "lateness_s", "idle_timeout_s", "pool_fee", "hysteresis", "dwell_s",
     "max_price_age_s", "compliance_grace_s", "compliance_windows",
-    "assign_timeout_s", "once", "workers", "batch_size", "linger_s", "stream_maxlen",
+    "assign_timeout_s", "reservations", "once", "workers", "batch_size", "linger_s",
+    "stream_maxlen",
     "metrics_port", "metrics_host", "no_raw", "no_redis", "no_pg", "recovery_dir",
     "snapshot_interval_s", "recovery_partitions", "processes", "process_id", "addresses",
 )

@@ -218,3 +218,14 @@ GPU_HEALTH_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.String(),
     "since": pl.Int64(),  # when the cordon began
 }
+
+# Reservations of the router (docs/workloads.md): a queued workload at the head of the
+# queue that does not fit now holds the one-site GPUs expected to free up soonest.
+# A row with a null `expected_start_ts` ends the workload's reservation.
+RESERVATION_SCHEMA: dict[str, pl.DataType] = {
+    "workload_id": pl.String(),
+    "ts": pl.Int64(),  # the router's event time of the change
+    "expected_start_ts": pl.Int64(),
+    "reserved_site": pl.String(),
+    "reserved_gpus": pl.String(),  # comma-separated GPU ids
+}

@@ -103,6 +103,10 @@ SETTINGS: dict[str, Setting] = {
                 "event-time seconds a GPU has to start assigned work before the work is "
                 "requeued and the GPU backs off; keep it above the lag between the router "
                 "and the fleet", non_negative_float, _TIME),
+        Setting("reservations", "HCP_RESERVATIONS", 32,
+                "how many queue heads that do not fit now reserve the GPUs that free up "
+                "soonest; work behind them may use those only if it ends first (0 = off, "
+                "docs/workloads.md)", non_negative_int, _TIME),
         # Running the job.
         Setting("once", "HCP_ONCE", False,
                 "process the topics up to their current ends, close every window, flush, exit",

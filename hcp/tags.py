@@ -29,3 +29,4 @@ class Out(StrEnum):
     COMPLIANCE = "compliance"  # per device and window: command vs observed, realised value
     SITE_COMPLIANCE = "site_compliance"  # per site and window: commanded vs observed kW
     GPU_HEALTH = "gpu_health"  # the router's GPU cordon changes (GPU_HEALTH_SCHEMA)
+    RESERVATIONS = "reservations"  # the router's reservation changes (RESERVATION_SCHEMA)

@@ -160,9 +160,33 @@ def _summary(wid: str, doc: dict[str, Any] | None, customer: str | None) -> dict
         "gpus": doc.get("gpus") or [],
         "site": doc.get("site") or None,
         "pending_reason": doc.get("pending_reason") or None,
+        "expected_start_ts": doc.get("expected_start_ts"),
+        "reserved_site": doc.get("reserved_site") or None,
         "reason": doc.get("reason") or None,
         "updated_ts": doc.get("updated_ts"),
     }
+
+
+async def _with_reservations(services: Services, items: list[dict[str, Any]]) -> None:
+    """Fill the reservation of each queued item from its hash, in one round trip.
+
+    The read model follows the workloads stream, which carries transitions; a reservation
+    is a field the router sets on the hash (sinks/redis/events.py), so it is read live.
+    """
+    queued = [it for it in items if it["state"] == "queued"]
+    if not queued:
+        return
+    pipe = services.redis.pipeline(transaction=False)
+    for it in queued:
+        pipe.hmget(services.keys_layout.workload + it["workload_id"],
+                   "expected_start_ts", "reserved_site")
+    try:
+        got = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise services.redis_down(exc) from None
+    for it, (start, site) in zip(queued, got, strict=True):
+        it["expected_start_ts"] = int(start) if start else None
+        it["reserved_site"] = site.decode() if isinstance(site, bytes) else site
 
 
 @router.get("/workloads", response_model=WorkloadPage)
@@ -203,6 +227,7 @@ async def list_workloads(
             last = items[-1]["workload_id"]
             break
         items.append(item)
+    await _with_reservations(services, items)
     return json_doc({"items": items, "next_cursor": encode_cursor(last)})
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 from prometheus_client import Counter
 
@@ -38,6 +39,12 @@ LATE = Counter(
     "Router inputs dropped: further than the lateness behind their partition, or in a tick "
     "already routed",
     ["kind"],
+)
+LATE_COMMANDS = Counter(
+    "hcp_router_late_commands",
+    "Workload submits and cancels behind the router's watermark, applied at its current "
+    "event time instead of being dropped",
+    ["op"],
 )
 
 # The GPU report columns the router reads; buffering only these keeps pending ticks small.
@@ -100,6 +107,9 @@ class RouterClock:
         # input resumed, or at startup when the inputs were not listed).
         late |= ts < self.done_until
         n_late = int(late.sum())
+        if n_late and kind == "workloads":
+            rows, ts = self._commands_in_time(rows, late)
+            n_late = 0
         if n_late:
             LATE.labels(kind).inc(n_late)
             rows = rows.filter(pl.Series(~late))
@@ -114,12 +124,30 @@ class RouterClock:
         if first == last:
             self.pending.setdefault(first * tick, {}).setdefault(kind, []).append(rows)
             return
-        keyed = rows.with_columns((pl.col("ts") // tick * tick).alias("_tick"))
+        keyed = rows.with_columns(pl.Series("_tick", ts // tick * tick))
         for (start,), part in keyed.partition_by("_tick", as_dict=True,
                                                  maintain_order=True).items():
             self.pending.setdefault(int(start), {}).setdefault(kind, []).append(
                 part.drop("_tick")
             )
+
+    def _commands_in_time(
+        self, rows: pl.DataFrame, late: np.ndarray
+    ) -> tuple[pl.DataFrame, np.ndarray]:
+        """Late submits and cancels get ``at_ts``: the first tick not routed yet.
+
+        A command the API answered 202 must never vanish: only telemetry and prices may be
+        dropped as late. The row keeps its own ``ts`` (the workload's age, and how a replayed
+        duplicate is recognised); ``at_ts`` is when the router applies it.
+        """
+        ops = rows["op"].fill_null("submit") if "op" in rows.columns else None
+        for op in (ops.filter(pl.Series(late)).to_list() if ops is not None
+                   else ["submit"] * int(late.sum())):
+            LATE_COMMANDS.labels(op).inc()
+        ts = rows["ts"].to_numpy()
+        # Behind the partition's lateness but in a tick not routed yet: its own tick.
+        at_ts = np.where(late, np.maximum(ts, self.done_until), ts)
+        return rows.with_columns(pl.Series("at_ts", at_ts, dtype=pl.Int64)), at_ts
 
     def add_recs(self, df: pl.DataFrame) -> None:
         """Recommendations apply from the first tick starting at or after their window end."""

@@ -71,6 +71,7 @@ class GpuRoster:
         grow("hold_until", np.int64, 0)
         grow("cordoned", np.bool_, False)
         grow("cordon_since", np.int64, 0)
+        grow("busy_until", np.int64, 0)  # expected end of the router's work on it (0: none)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -155,6 +156,24 @@ class GpuRoster:
     def release(self, g: int) -> None:
         self.holder[g] = None
         self.reserved[g] = False
+        self.busy_until[g] = 0
+
+    def expected_free(self, now: int, never: int) -> np.ndarray:
+        """When each GPU is expected to take new work: ``now`` if free, else the expected
+        end of the router's work on it or of its back-off / cordon; ``never`` for GPUs down,
+        powering down, unknown or busy with work the router does not know."""
+        n = len(self.ids)
+        out = np.full(n, never, dtype=np.int64)
+        usable = self.usable_mask()
+        out[usable] = now
+        held = self.reserved[:n]
+        out[held] = np.maximum(self.busy_until[:n][held], now)
+        unknown = usable & ~held & self.busy_wl[:n]
+        out[unknown] = never
+        hold = usable & (self.hold_until[:n] > now)
+        out[hold] = np.maximum(out[hold], self.hold_until[:n][hold])
+        out[~usable] = never
+        return out
 
     # -- arrays for the kernels --------------------------------------------------------
     def rank(self) -> np.ndarray:

@@ -96,6 +96,9 @@ class RouterLogic(StatefulBatchLogic[tuple, tuple, bytes]):
         health = self.clock.router.drain_health()
         if health.height:
             out.append((Out.GPU_HEALTH, health))
+        reservations = self.clock.router.drain_reservations()
+        if reservations.height:
+            out.append((Out.RESERVATIONS, reservations))
         return out
 
     def snapshot(self) -> bytes:
@@ -193,6 +196,14 @@ def add_router_branch(
     return op.map("untag_router", routed, lambda kv: kv[1])
 
 
+def router_config(settings: Any) -> RouterConfig:
+    """The router's tunables from the job settings (late means the same as in the
+    profitability flow: --lateness-s)."""
+    return RouterConfig(lateness_ms=settings.lateness_ms,
+                        assign_timeout_s=settings.assign_timeout_s,
+                        reservations=settings.reservations)
+
+
 def build_router_flow(settings: Any, config: RouterConfig | None = None) -> Dataflow:
     """A dataflow running only the router, from :class:`flows.settings.JobSettings`."""
     topics = settings.topics
@@ -208,8 +219,7 @@ def build_router_flow(settings: Any, config: RouterConfig | None = None) -> Data
     batches = op.input("kafka", flow, source)
     if config is None:
         # Late means the same here as in the profitability flow: --lateness-s.
-        config = RouterConfig(lateness_ms=settings.lateness_ms,
-                              assign_timeout_s=settings.assign_timeout_s)
+        config = router_config(settings)
     out = add_router_branch(
         batches, None, config, router_inputs(source), idle_timeout_s=settings.idle_timeout_s
     )

@@ -30,11 +30,13 @@ from numba import njit
 __all__ = [
     "DEFAULT_POWER_KW",
     "DEFAULT_TEMP_MAX_C",
+    "NEVER",
     "TEMP_WEIGHT",
     "assign_greedy",
     "gpu_order",
     "gpu_scores",
     "pick_gpus",
+    "reserve_gpus",
     "score_matrix",
 ]
 
@@ -168,14 +170,92 @@ def pick_gpus(
     return True
 
 
+NEVER = np.iinfo(np.int64).max  # a GPU that is not expected to free up (down, unknown)
+
+
 @njit(cache=True)
-def _stricter(k: int, mem: float, maxp: float, fk: int, fmem: float, fmaxp: float) -> bool:
-    """True when a request (k, mem, maxp) needs at least what a failed one (fk, ...) did."""
-    if k < fk or mem < fmem:
+def reserve_gpus(
+    k: int,
+    need_mem: float,
+    max_price: float,
+    by_avail: np.ndarray,
+    avail: np.ndarray,
+    mem_cap: np.ndarray,
+    spot: np.ndarray,
+    site: np.ndarray,
+    n_sites: int,
+    res_of: np.ndarray,
+    avoid: np.ndarray,
+    now: int,
+    out: np.ndarray,
+) -> int:
+    """Where ``k`` GPUs of one site free up soonest for a request: the start time, or -1.
+
+    Walks the GPUs in ``by_avail`` order (expected free time, ties by placement order) and
+    stops at the first site with ``k`` eligible GPUs (memory capacity, price cap, not
+    avoided, not reserved already by a request ahead): those GPUs are written to
+    ``out[:k]`` and the time the last of them frees up (at least ``now``) is returned.
+    """
+    count = np.zeros(n_sites, dtype=np.int64)
+    for i in range(by_avail.shape[0]):
+        g = by_avail[i]
+        if avail[g] == NEVER:
+            break
+        if res_of[g] >= 0 or need_mem > mem_cap[g]:
+            continue
+        if not np.isnan(max_price) and (np.isnan(spot[g]) or spot[g] > max_price):
+            continue
+        skip = False
+        for a in range(avoid.shape[0]):
+            if avoid[a] == g:
+                skip = True
+                break
+        if skip:
+            continue
+        s = site[g]
+        count[s] += 1
+        if count[s] == k:
+            n = 0
+            for j in range(i + 1):
+                h = by_avail[j]
+                if site[h] != s or res_of[h] >= 0 or need_mem > mem_cap[h]:
+                    continue
+                if not np.isnan(max_price) and (np.isnan(spot[h]) or spot[h] > max_price):
+                    continue
+                bad = False
+                for a in range(avoid.shape[0]):
+                    if avoid[a] == h:
+                        bad = True
+                        break
+                if not bad:
+                    out[n] = h
+                    n += 1
+            return max(now, avail[g])
+    return -1
+
+
+@njit(cache=True)
+def _stricter(
+    k: int, mem: float, maxp: float, dur: int, fk: int, fmem: float, fmaxp: float, fdur: int
+) -> bool:
+    """True when a request (k, mem, maxp, dur) needs at least what a failed one did.
+
+    Duration counts because a shorter job may fit before a reservation starts.
+    """
+    if k < fk or mem < fmem or dur < fdur:
         return False
     if np.isnan(fmaxp):
         return True
     return not np.isnan(maxp) and maxp <= fmaxp
+
+
+@njit(cache=True, inline="always")
+def _takes(i: int, mem: float, maxp: float, end: int, taken: np.ndarray, c_mem: np.ndarray,
+           c_spot: np.ndarray, c_res: np.ndarray) -> bool:
+    """May a request (mem, maxp) ending at ``end`` take candidate ``i``?"""
+    if taken[i] or mem > c_mem[i] or end > c_res[i]:
+        return False
+    return np.isnan(maxp) or (not np.isnan(c_spot[i]) and c_spot[i] <= maxp)
 
 
 @njit(cache=True)
@@ -195,23 +275,41 @@ def assign_greedy(
     block: np.ndarray,
     avoid_ptr: np.ndarray,
     avoid_gpu: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Place workloads in the given order; ``free`` is updated in place.
+    dur_ms: np.ndarray,
+    avail: np.ndarray,
+    by_avail: np.ndarray,
+    mem_cap: np.ndarray,
+    now: int,
+    max_res: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Place workloads in the given order, with reservations; ``free`` is updated in place.
 
     A workload with ``block[w]`` set that cannot be placed stops the round: nothing behind
     it is placed (the router's starvation guard, so small jobs cannot keep taking the GPUs
     a long-waiting large job needs). Workload ``w`` never gets the GPUs
     ``avoid_gpu[avoid_ptr[w]:avoid_ptr[w + 1]]`` (GPUs that never started it before).
 
-    Returns ``(start, gpus)``: workload ``w`` got ``gpus[start[w]:start[w] + need_gpus[w]]``
-    when ``start[w] >= 0``, nothing when ``start[w] == -1``. Same result as calling
-    :func:`pick_gpus` for each workload in turn, made fast by working on a compact,
-    score-ordered copy of the free GPUs and by skipping a request that needs at least
-    what an earlier failed request needed (the free set only shrinks within a round).
+    Reservations (Slurm's conservative backfill): each of the first ``max_res`` workloads
+    that cannot be placed reserves, with :func:`reserve_gpus`, the one-site GPUs that free
+    up soonest (``avail``: expected free time per GPU, ``NEVER`` for none; ``by_avail``
+    orders GPUs by it). A workload behind it may take a reserved GPU only if it is expected
+    to end (``now + dur_ms``) no later than the reservation starts.
+
+    Returns ``(start, gpus, res_start, res_pos, res_gpus)``: workload ``w`` got
+    ``gpus[start[w]:start[w] + need_gpus[w]]`` when ``start[w] >= 0``; it holds a
+    reservation from ``res_start[w]`` (``-1``: none) of ``res_gpus[res_pos[w]:...]``.
+    Without reservations the result is that of calling :func:`pick_gpus` for each workload
+    in turn, made fast by working on a compact, score-ordered copy of the free GPUs and by
+    skipping a request that needs at least what an earlier failed request needed (the
+    usable set only shrinks within a round).
     """
     nw = need_gpus.shape[0]
     start = np.full(nw, -1, dtype=np.int64)
+    res_start = np.full(nw, -1, dtype=np.int64)
+    res_pos = np.full(nw, -1, dtype=np.int64)
     gpus = np.empty(max(1, int(need_gpus.sum())), dtype=np.int64)
+    res_gpus = np.empty(max(1, int(need_gpus.sum())), dtype=np.int64)
+    res_of = np.full(order.shape[0], -1, dtype=np.int64)
     # Compact candidate list: free, cool enough GPUs in score order.
     m = 0
     for i in range(order.shape[0]):
@@ -223,6 +321,7 @@ def assign_greedy(
     c_spot = np.empty(m, dtype=np.float64)
     c_site = np.empty(m, dtype=np.int64)
     c_score = np.empty(m, dtype=np.float64)
+    c_res = np.full(m, NEVER, dtype=np.int64)  # start of the reservation holding it
     pos_of = np.full(order.shape[0], -1, dtype=np.int64)
     j = 0
     for i in range(order.shape[0]):
@@ -241,7 +340,10 @@ def assign_greedy(
     fail_k = np.empty(64, dtype=np.int64)
     fail_mem = np.empty(64, dtype=np.float64)
     fail_maxp = np.empty(64, dtype=np.float64)
+    fail_dur = np.empty(64, dtype=np.int64)
     n_fail = 0
+    n_res = 0
+    rpos = 0
     count = np.zeros(n_sites, dtype=np.int64)
     total = np.zeros(n_sites, dtype=np.float64)
     first = np.full(n_sites, -1, dtype=np.int64)
@@ -251,94 +353,101 @@ def assign_greedy(
         k = need_gpus[w]
         mem = need_mem[w]
         maxp = max_price[w]
-        if k > n_free:
-            if block[w]:
-                break
-            continue
-        skip = False
-        for f in range(n_fail):
-            if _stricter(k, mem, maxp, fail_k[f], fail_mem[f], fail_maxp[f]):
-                skip = True
-                break
-        if skip:
-            if block[w]:
-                break
-            continue
-        while head < m and taken[head]:
-            head += 1
-        # Hide this workload's avoided GPUs for its own search only (head already moved).
-        hidden = 0
-        for a in range(avoid_ptr[w], avoid_ptr[w + 1]):
-            p = pos_of[avoid_gpu[a]]
-            if p >= 0 and not taken[p]:
-                taken[p] = True
-                avoid_gpu_tmp[hidden] = p
-                hidden += 1
+        dur = dur_ms[w]
+        end = now + dur
         found = -1
-        if k == 1:
-            for i in range(head, m):
-                if not taken[i] and mem <= c_mem[i] and (
-                    np.isnan(maxp) or (not np.isnan(c_spot[i]) and c_spot[i] <= maxp)
-                ):
-                    found = i
+        hidden = 0
+        tried = k <= n_free
+        if tried:
+            for f in range(n_fail):
+                if _stricter(k, mem, maxp, dur, fail_k[f], fail_mem[f], fail_maxp[f],
+                             fail_dur[f]):
+                    tried = False
                     break
-            if found >= 0:
-                taken[found] = True
-                gpus[pos] = c_gpu[found]
-                free[c_gpu[found]] = False
-        else:
-            count[:] = 0
-            total[:] = 0.0
-            first[:] = -1
-            full = 0
-            for i in range(head, m):
-                s = c_site[i]
-                if count[s] < k and not taken[i] and mem <= c_mem[i] and (
-                    np.isnan(maxp) or (not np.isnan(c_spot[i]) and c_spot[i] <= maxp)
-                ):
-                    if count[s] == 0:
-                        first[s] = i
-                    count[s] += 1
-                    total[s] += c_score[i]
-                    if count[s] == k:
-                        full += 1
-                        if full == n_sites:
-                            break
-            best = -1
-            for s in range(n_sites):
-                if count[s] == k and (
-                    best < 0
-                    or total[s] > total[best]
-                    or (total[s] == total[best] and first[s] < first[best])
-                ):
-                    best = s
-            if best >= 0:
-                found = first[best]
-                n = 0
-                for i in range(first[best], m):
-                    if c_site[i] == best and not taken[i] and mem <= c_mem[i] and (
-                        np.isnan(maxp) or (not np.isnan(c_spot[i]) and c_spot[i] <= maxp)
+        if tried:
+            while head < m and taken[head]:
+                head += 1
+            # Hide this workload's avoided GPUs for its own search only.
+            for a in range(avoid_ptr[w], avoid_ptr[w + 1]):
+                p = pos_of[avoid_gpu[a]]
+                if p >= 0 and not taken[p]:
+                    taken[p] = True
+                    avoid_gpu_tmp[hidden] = p
+                    hidden += 1
+            if k == 1:
+                for i in range(head, m):
+                    if _takes(i, mem, maxp, end, taken, c_mem, c_spot, c_res):
+                        found = i
+                        break
+                if found >= 0:
+                    taken[found] = True
+                    gpus[pos] = c_gpu[found]
+                    free[c_gpu[found]] = False
+            else:
+                count[:] = 0
+                total[:] = 0.0
+                first[:] = -1
+                full = 0
+                for i in range(head, m):
+                    s = c_site[i]
+                    if count[s] < k and _takes(i, mem, maxp, end, taken, c_mem, c_spot, c_res):
+                        if count[s] == 0:
+                            first[s] = i
+                        count[s] += 1
+                        total[s] += c_score[i]
+                        if count[s] == k:
+                            full += 1
+                            if full == n_sites:
+                                break
+                best = -1
+                for s in range(n_sites):
+                    if count[s] == k and (
+                        best < 0
+                        or total[s] > total[best]
+                        or (total[s] == total[best] and first[s] < first[best])
                     ):
-                        taken[i] = True
-                        gpus[pos + n] = c_gpu[i]
-                        free[c_gpu[i]] = False
-                        n += 1
-                        if n == k:
-                            break
-        for a in range(hidden):
-            taken[avoid_gpu_tmp[a]] = False
+                        best = s
+                if best >= 0:
+                    found = first[best]
+                    n = 0
+                    for i in range(first[best], m):
+                        if c_site[i] == best and _takes(i, mem, maxp, end, taken, c_mem,
+                                                        c_spot, c_res):
+                            taken[i] = True
+                            gpus[pos + n] = c_gpu[i]
+                            free[c_gpu[i]] = False
+                            n += 1
+                            if n == k:
+                                break
+            for a in range(hidden):
+                taken[avoid_gpu_tmp[a]] = False
         if found >= 0:
             start[w] = pos
             pos += k
             n_free -= k
-            if n_free == 0:
+            if n_free == 0 and n_res >= max_res:
                 break
-        else:
-            if block[w]:
-                break
-            if hidden == 0 and n_fail < 64:  # failing only for its own avoids proves nothing
-                fail_k[n_fail] = k
-                fail_mem[n_fail] = mem
-                fail_maxp[n_fail] = maxp
-                n_fail += 1
-    return start, gpus
+            continue
+        if tried and hidden == 0 and n_fail < 64:  # failing only for its avoids proves nothing
+            fail_k[n_fail] = k
+            fail_mem[n_fail] = mem
+            fail_maxp[n_fail] = maxp
+            fail_dur[n_fail] = dur
+            n_fail += 1
+        if n_res < max_res:
+            t = reserve_gpus(k, mem, maxp, by_avail, avail, mem_cap, spot, site, n_sites,
+                             res_of, avoid_gpu[avoid_ptr[w]:avoid_ptr[w + 1]], now,
+                             res_gpus[rpos:])
+            if t >= 0:
+                res_start[w] = t
+                res_pos[w] = rpos
+                for r in range(rpos, rpos + k):
+                    g = res_gpus[r]
+                    res_of[g] = w
+                    if pos_of[g] >= 0:
+                        c_res[pos_of[g]] = t
+                rpos += k
+                n_res += 1
+        if block[w]:
+            break
+    return start, gpus, res_start, res_pos, res_gpus

@@ -17,7 +17,10 @@ not backing off or cordoned):
    instead when GPUs that are backing off or cordoned (they never started earlier work)
    would make up the difference;
 4. ``temperature``: enough fit, but too few of them below ``temp_max_c``;
-5. otherwise ``capacity`` (work ahead of it took the GPUs in this round), or
+5. ``reserved_for_higher_priority``: enough free GPUs fit, but only with GPUs reserved
+   for work ahead of it, and it would not end before that reservation starts (the head of
+   the queue that holds a reservation keeps ``capacity`` or ``gpus_unresponsive``);
+6. otherwise ``capacity`` (work ahead of it took the GPUs in this round), or
    ``gpus_unresponsive`` when the GPUs it would fit on are ones it avoids.
 
 The router sets ``starvation_guard`` itself for work held behind a guarded job.
@@ -38,8 +41,10 @@ PENDING_REASONS = (
     "temperature",
     "price_cap",
     "starvation_guard",
+    "reserved_for_higher_priority",
 )
 _CAPACITY, _UNRESPONSIVE, _MEMORY, _TEMPERATURE, _PRICE = range(5)
+_RESERVED = 6
 
 
 def _fit_per_site(
@@ -85,8 +90,14 @@ def pending_reasons(
     model: np.ndarray,
     n_sites: int,
     temp_max: float,
+    reserved: np.ndarray | None = None,
+    holds: np.ndarray | None = None,
 ) -> list[str]:
-    """The pending reason of each workload (see the module docstring)."""
+    """The pending reason of each workload (see the module docstring).
+
+    ``reserved`` marks the GPUs reserved this round, ``holds`` the workloads holding a
+    reservation.
+    """
     nw = need_gpus.shape[0]
     if nw == 0:
         return []
@@ -97,6 +108,13 @@ def pending_reasons(
     _, with_held = _fit_per_site(offer | held_idle, mem_free, need_mem, max_price, *args)
     _, cool_fit = _fit_per_site(offer & (temp < temp_max), mem_free, need_mem, max_price, *args)
     codes = np.where(has_avoid, _UNRESPONSIVE, _CAPACITY)
+    if reserved is not None and reserved.any():
+        _, open_fit = _fit_per_site(offer & ~reserved & (temp < temp_max), mem_free,
+                                    need_mem, max_price, *args)
+        held_back = (cool_fit >= k) & (open_fit < k)
+        if holds is not None:
+            held_back &= ~holds
+        codes[held_back] = _RESERVED
     codes[cool_fit < k] = _TEMPERATURE
     short = free_fit < k
     codes[short] = np.where(with_held[short] >= k[short], _UNRESPONSIVE, _CAPACITY)

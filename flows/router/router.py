@@ -7,10 +7,12 @@ market prices (``kind, value, site, model, ts``) and GPU recommendations
 ``now`` (the latest ``ts`` seen) and :meth:`Router.drain` hands back the workload events
 (``WORKLOAD_EVENT_SCHEMA`` rows) and assignment messages (see ``docs/workloads.md``).
 
-Telemetry drives the late states: an assigned workload becomes ``running`` when one of
-its GPUs reports its id, ``completed`` when one of its GPUs reports idle after it started,
-``failed`` when one of its GPUs goes down while it runs. Assigned work whose GPU goes down
-or that no GPU reports within ``assign_timeout_s`` goes back to the queue.
+Telemetry drives the late states: an assigned workload becomes ``running`` when every one
+of its GPUs has reported its id (a GPU that never does gets the miss when the assignment
+times out, and the job is placed again without it), ``completed`` when one of its GPUs
+reports idle after it started, ``failed`` when one of its GPUs goes down while it runs.
+Assigned work whose GPU goes down or that no GPU reports within ``assign_timeout_s`` goes
+back to the queue.
 
 A GPU that never starts its assigned work is not offered that workload again, backs off
 (``assign_timeout_s`` doubling per miss) and after ``cordon_after`` misses in a row is
@@ -37,6 +39,7 @@ from flows.router.fleet import GpuRoster
 from flows.router.kernels import (
     DEFAULT_POWER_KW,
     DEFAULT_TEMP_MAX_C,
+    NEVER,
     assign_greedy,
     gpu_order,
 )
@@ -44,7 +47,7 @@ from flows.router.pending import pending_reasons, unschedulable
 from flows.router.preempt import Candidate, choose_victims
 from flows.router.queue import AgingQueue
 from flows.router.states import TERMINAL, StateMachine, Workload
-from hcp.schemas import GPU_HEALTH_SCHEMA
+from hcp.schemas import GPU_HEALTH_SCHEMA, RESERVATION_SCHEMA
 
 __all__ = ["Router", "RouterConfig"]
 
@@ -73,6 +76,10 @@ class RouterConfig:
     # cordoned for cordon_s, or until it reports running work.
     cordon_after: int = 3
     cordon_s: float = 1800.0
+    # Reservations (docs/workloads.md): the first `reservations` requests in queue order
+    # that do not fit now reserve the GPUs that free up soonest; work behind them may use
+    # those only if it is expected to end first (0 turns reservations off).
+    reservations: int = 32
     # Event-time clock of the dataflow (flows/router/clock.py): routing rounds happen at
     # the end of each tick_ms tick, and inputs further than lateness_ms behind their
     # partition's newest event are dropped (as in the profitability shards).
@@ -97,6 +104,9 @@ class Router:
         self._urgent_waiting = 0
         # (gpu_id, site, ts, cordoned, reason, since): cordon changes since the last drain.
         self._health: list[tuple[str, str, int, bool, str, int]] = []
+        # workload id -> (expected start, site, GPU indices): the reservations in force.
+        self.reservations: dict[str, tuple[int, str, tuple[int, ...]]] = {}
+        self._reservation_rows: list[tuple[str, int, int | None, str, str]] = []
 
     # -- inputs -------------------------------------------------------------------------
     def _tick(self, ts: int) -> None:
@@ -110,27 +120,30 @@ class Router:
         """
         if df.height == 0:
             return
-        df = df.with_row_index("_row").sort("ts", maintain_order=True)
+        # ``at_ts`` (flows/router/clock.py): a late command applied at the router's time.
+        at = pl.coalesce("at_ts", "ts") if "at_ts" in df.columns else pl.col("ts")
+        df = df.with_row_index("_row").with_columns(at.alias("_at")).sort(
+            "_at", maintain_order=True)
         cancels: list[tuple[int, int, str]] = []
         if "op" in df.columns:
             is_cancel = pl.col("op") == "cancel"
             cancels = list(zip(*(df.filter(is_cancel)[c].to_list()
-                                 for c in ("ts", "_row", "workload_id")), strict=True))
+                                 for c in ("_at", "_row", "workload_id")), strict=True))
             df = df.filter(~is_cancel.fill_null(False))
         if df.height:
             df = classify(df)
         if "max_price_usd_hr" not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("max_price_usd_hr"))
         cols = ("workload_id", "customer", "kind", "priority", "gpus", "mem_gb",
-                "est_duration_s", "max_price_usd_hr", "ts", "_row")
+                "est_duration_s", "max_price_usd_hr", "ts", "_at", "_row")
         ci = 0
-        for wid, cust, kind, prio, gpus, mem, dur, maxp, ts, row in zip(
+        for wid, cust, kind, prio, gpus, mem, dur, maxp, ts, at, row in zip(
             *(df[name].to_list() for name in cols), strict=True
         ):
-            while ci < len(cancels) and cancels[ci][:2] < (ts, row):
+            while ci < len(cancels) and cancels[ci][:2] < (at, row):
                 self._cancel(cancels[ci][2], cancels[ci][0])
                 ci += 1
-            self._tick(ts)
+            self._tick(at)
             old = self.workloads.get(wid)
             if old is not None:
                 # The same request again (same submit ts) is a source replay after a
@@ -141,8 +154,8 @@ class Router:
             w = Workload(wid, cust, kind, int(prio), int(gpus), float(mem), int(dur),
                          math.nan if maxp is None else float(maxp), int(ts))
             self.workloads[wid] = w
-            self.machine.transition(w, "submitted", ts, reason=kind)
-            self.machine.transition(w, "queued", ts)
+            self.machine.transition(w, "submitted", at, reason=kind)
+            self.machine.transition(w, "queued", at)
             self.queue.push(wid, w.priority, w.submit_ts)
         for ts, _, wid in cancels[ci:]:
             self._cancel(wid, ts)
@@ -214,8 +227,13 @@ class Router:
                     self._requeue(w, ts, "gpu_down")
             elif wl[r] == w.workload_id:
                 if w.state == "assigned" and ts >= w.assigned_ts:
-                    w.running_ts = ts
-                    self.machine.transition(w, "running", ts, gpu_ids=self._gpu_ids(w))
+                    if g not in w.confirmed:
+                        w.confirmed = (*w.confirmed, g)
+                    # A job runs when every GPU runs it: one dead agent must not hide.
+                    if len(w.confirmed) == len(w.gpu_idx):
+                        w.running_ts = ts
+                        fleet.busy_until[list(w.gpu_idx)] = ts + w.est_duration_s * 1000
+                        self.machine.transition(w, "running", ts, gpu_ids=self._gpu_ids(w))
             elif (
                 wl[r] is None and states[r] == "idle" and w.state == "running"
                 and ts > w.running_ts
@@ -257,7 +275,7 @@ class Router:
         if self.machine.transition(w, "queued", ts, reason, self._gpu_ids(w)):
             self._message(w, "preempt")  # cancel the assignment wherever it still stands
             self._release(w)
-            w.gpu_idx, w.site = (), ""
+            w.gpu_idx, w.site, w.confirmed = (), "", ()
             self.queue.push(w.workload_id, w.priority, w.submit_ts)
 
     # -- GPU health ---------------------------------------------------------------------
@@ -265,7 +283,9 @@ class Router:
         """``w`` timed out unstarted: its GPUs back off or get cordoned; it avoids them."""
         cfg, fleet = self.config, self.fleet
         timeout = int(cfg.assign_timeout_s * 1000)
-        for g in w.gpu_idx:
+        # Only the GPUs that never reported it missed; the others proved they work.
+        missed = tuple(g for g in w.gpu_idx if g not in w.confirmed)
+        for g in missed:
             fleet.misses[g] += 1
             misses = int(fleet.misses[g])
             if misses >= cfg.cordon_after:
@@ -274,7 +294,7 @@ class Router:
                     self._set_cordon(g, True, "unresponsive")
             else:
                 fleet.hold_until[g] = self.now + timeout * 2 ** (misses - 1)
-        w.avoid = tuple(sorted(set(w.avoid) | set(w.gpu_idx)))
+        w.avoid = tuple(sorted(set(w.avoid) | set(missed)))
 
     def _set_cordon(self, g: int, on: bool, reason: str) -> None:
         fleet = self.fleet
@@ -329,6 +349,7 @@ class Router:
         w.assigned_ts = self.now
         for g in gpus:
             self.fleet.reserve(g, w.workload_id)
+            self.fleet.busy_until[g] = self.now + w.est_duration_s * 1000
         self.active[w.workload_id] = w
         self.machine.transition(w, "assigned", self.now, gpu_ids=self._gpu_ids(w))
         self._message(w, "assign")
@@ -343,6 +364,9 @@ class Router:
         self._end_cool_offs()
         self._urgent_waiting = 0
         if not self.queue or len(self.fleet) == 0:
+            if self.reservations:
+                none = np.empty(0, np.int64)
+                self._set_reservations([], none, none, none)
             self._queue_metrics()
             return 0
         started = time.perf_counter()
@@ -372,10 +396,17 @@ class Router:
         temp = fleet.temp[:n]
         spot = fleet.spot()
         site = fleet.site[:n]
-        start, gpus = assign_greedy(
+        dur_ms = np.fromiter((w.est_duration_s for w in entries), np.int64, len(entries)) * 1000
+        avail = fleet.expected_free(self.now, NEVER)
+        order_pos = np.empty(n, dtype=np.int64)
+        order_pos[order] = np.arange(n)
+        by_avail = np.lexsort((order_pos, avail)).astype(np.int64)
+        start, gpus, res_start, res_pos, res_gpus = assign_greedy(
             need_gpus, need_mem, max_price, order, free.copy(), mem_free, temp, spot, site,
             score, len(fleet.sites), cfg.temp_max_c, block, avoid_ptr, avoid_gpu,
+            dur_ms, avail, by_avail, fleet.mem_total[:n], self.now, cfg.reservations,
         )
+        self._set_reservations(entries, res_start, res_pos, res_gpus)
         placed = 0
         unplaced_urgent: list[Workload] = []
         for i, w in enumerate(entries):
@@ -390,6 +421,9 @@ class Router:
             self._urgent_waiting = max(
                 (w.priority for w in unplaced_urgent if w.state == "queued"), default=0
             )
+            for w in unplaced_urgent:  # placed by preemption: its reservation is over
+                if w.state != "queued" and self.reservations.pop(w.workload_id, None):
+                    self._reservation_rows.append((w.workload_id, self.now, None, "", ""))
         guarded = np.flatnonzero(block)
         held_back = (
             {w.workload_id for w in entries[int(guarded[0]) + 1 :]} if guarded.size else set()
@@ -419,6 +453,39 @@ class Router:
         self._queue_metrics()
         metrics.ALLOCATION_SECONDS.observe(time.perf_counter() - started)
         return placed
+
+    def _set_reservations(
+        self, entries: list[Workload], res_start: np.ndarray, res_pos: np.ndarray,
+        res_gpus: np.ndarray,
+    ) -> None:
+        """Keep this round's reservations; record the ones that are new, moved or ended.
+
+        An expected start that moved by less than a minute on the same GPUs is not news
+        (work that overran its estimate moves it every round).
+        """
+        fleet, old = self.fleet, self.reservations
+        new: dict[str, tuple[int, str, tuple[int, ...]]] = {}
+        for i in np.flatnonzero(res_start >= 0).tolist():
+            w = entries[i]
+            p = int(res_pos[i])
+            gp = tuple(int(g) for g in res_gpus[p : p + w.gpus])
+            res = (int(res_start[i]), fleet.sites[int(fleet.site[gp[0]])], gp)
+            prev = old.get(w.workload_id)
+            if prev is not None and prev[1:] == res[1:] and abs(prev[0] - res[0]) < 60_000:
+                res = prev
+            else:
+                self._reservation_rows.append(
+                    (w.workload_id, self.now, res[0], res[1], ",".join(fleet.ids[g] for g in gp))
+                )
+            new[w.workload_id] = res
+        for wid in sorted(old.keys() - new.keys()):
+            self._reservation_rows.append((wid, self.now, None, "", ""))
+        self.reservations = new
+
+    def drain_reservations(self) -> pl.DataFrame:
+        """Reservation changes since the last call (``RESERVATION_SCHEMA`` rows)."""
+        rows, self._reservation_rows = self._reservation_rows, []
+        return pl.DataFrame(rows, schema=RESERVATION_SCHEMA, orient="row")
 
     def _offerable(self) -> np.ndarray:
         """GPUs free for new work now: free and neither backing off nor cordoned."""
@@ -455,11 +522,16 @@ class Router:
         n = len(fleet)
         offer = self._offerable()
         held_idle = fleet.free_mask() & fleet.held_mask(self.now)
+        reserved = np.zeros(n, dtype=np.bool_)
+        for _, _, gp in self.reservations.values():
+            reserved[list(gp)] = True
+        holds = np.fromiter((w.workload_id in self.reservations for w in queued), np.bool_,
+                            len(queued))
         reasons = pending_reasons(
             need_gpus, need_mem, max_price, has_avoid,
             fleet.usable_mask(), offer, held_idle, fleet.mem_total[:n], fleet.mem_free(),
             fleet.temp[:n], fleet.spot(), fleet.site[:n], fleet.model[:n], len(fleet.sites),
-            cfg.temp_max_c,
+            cfg.temp_max_c, reserved, holds,
         )
         for w, reason in zip(queued, reasons, strict=True):
             if w.workload_id in held_back:
@@ -582,7 +654,7 @@ class Router:
                 self.machine.transition(v, "preempted", self.now, reason, self._gpu_ids(v))
                 self._message(v, "preempt")
                 self._release(v)
-                v.gpu_idx, v.site = (), ""
+                v.gpu_idx, v.site, v.confirmed = (), "", ()
                 v.preemptions += 1
                 self.machine.transition(v, "queued", self.now, "preempted")
                 self.queue.push(v.workload_id, v.priority, v.submit_ts)

@@ -7,7 +7,7 @@ Allowed transitions (anything else is rejected, logged and counted in
     submitted -> queued | failed          failed: the request can never be placed
     queued    -> assigned
     queued    -> failed                   unschedulable: no site could ever hold it
-    assigned  -> running                  its GPU reports the workload id
+    assigned  -> running                  every GPU of the assignment reports the workload id
     assigned  -> queued                   GPU down, or no report within the assign timeout:
                                           it never started, so it goes back with its age
     running   -> completed                a GPU of the job reports idle after it ran
@@ -92,6 +92,8 @@ class Workload:
     preemptions: int = 0
     # GPUs that never started this workload: it is not offered to them again.
     avoid: tuple[int, ...] = ()
+    # GPUs of the assignment that reported the workload: it runs once all of them have.
+    confirmed: tuple[int, ...] = ()
     pending_reason: str = ""  # why it is not placed now (queued only)
     evaluated: bool = False  # checked once against the fleet for `unschedulable`
     queued_ts: int = -1  # when it last entered the queue

@@ -25,11 +25,20 @@ import redis
 
 from sinks.redis.layout import RedisKeys, stream_last_id
 
-__all__ = ["WORKLOAD_STREAM_FIELDS", "write_gpu_health", "write_prices", "write_workload_events"]
+__all__ = [
+    "RESERVATION_FIELDS",
+    "WORKLOAD_STREAM_FIELDS",
+    "write_gpu_health",
+    "write_prices",
+    "write_reservations",
+    "write_workload_events",
+]
 
 log = logging.getLogger(__name__)
 
 _EVENTS_PER_SCRIPT = 2_000
+# Fields a reservation sets on its workload's hash (and removes when it ends).
+RESERVATION_FIELDS = ("expected_start_ts", "reserved_site", "reserved_gpus")
 WORKLOAD_STREAM_FIELDS = (
     "workload_id", "ts", "from_state", "to_state", "priority", "gpus", "site", "reason"
 )
@@ -158,3 +167,25 @@ def _entries_at(client: redis.Redis, stream: str, ms: int, last_seq: int) -> set
         present.add(tuple(fields.get(f, b"").decode()
                           for f in (b"workload_id", b"from_state", b"to_state")))
     return present
+
+
+def write_reservations(client: redis.Redis, keys: RedisKeys, df: pl.DataFrame) -> int:
+    """Set or clear each workload's reservation fields, in the router's order.
+
+    One writer (the router's) and whole-value writes, so a replay writes the same fields
+    again; the next round's row corrects any older one a replay repeats.
+    """
+    if df.height == 0:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for wid, start, site, gpus in df.select(
+        "workload_id", "expected_start_ts", "reserved_site", "reserved_gpus"
+    ).iter_rows():
+        key = keys.workload + wid
+        if start is None:
+            pipe.hdel(key, *RESERVATION_FIELDS)
+        else:
+            pipe.hset(key, mapping=dict(zip(RESERVATION_FIELDS, (str(start), site, gpus),
+                                            strict=True)))
+    pipe.execute()
+    return df.height

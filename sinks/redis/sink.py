@@ -11,6 +11,8 @@
   ``noncompliant`` hash and ``compliance:site:{site}`` hashes (:mod:`sinks.redis.compliance`);
 
 - ``"gpu_health"``: GPU_HEALTH_SCHEMA rows (router cordons) -> the ``gpu:cordoned`` hash;
+- ``"reservations"``: RESERVATION_SCHEMA rows -> ``expected_start_ts``, ``reserved_site``,
+  ``reserved_gpus`` on the workload's hash (removed when the reservation ends);
 - any other tag is ignored, so one output stream can feed several sinks.
 
 :class:`RedisSink` wraps it for Bytewax. Delivery: at-least-once from the dataflow,
@@ -47,7 +49,12 @@ from sinks.metrics import (
     sink_started,
 )
 from sinks.redis.compliance import write_device_compliance, write_site_compliance
-from sinks.redis.events import write_gpu_health, write_prices, write_workload_events
+from sinks.redis.events import (
+    write_gpu_health,
+    write_prices,
+    write_reservations,
+    write_workload_events,
+)
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
 from sinks.redis.recs import HashCache, RecWriteStats, write_recs
@@ -203,6 +210,10 @@ class RedisWriter:
         write_gpu_health(self.client, self.keys, df)
         SINK_ROWS.labels(sink="redis", table="gpu_cordoned").inc(df.height)
 
+    def _write_reservations(self, df: pl.DataFrame) -> None:
+        write_reservations(self.client, self.keys, df)
+        SINK_ROWS.labels(sink="redis", table="reservations").inc(df.height)
+
 
 _HANDLERS: dict[str, Any] = {
     Out.RECS: RedisWriter._write_recs,
@@ -211,6 +222,7 @@ _HANDLERS: dict[str, Any] = {
     Out.PRICES: RedisWriter._write_prices,
     Out.WORKLOAD_EVENTS: RedisWriter._write_workload_events,
     Out.GPU_HEALTH: RedisWriter._write_gpu_health,
+    Out.RESERVATIONS: RedisWriter._write_reservations,
 }
 
 

@@ -314,6 +314,10 @@ def test_submitted_workloads_are_queued_assigned_and_visible(env: Env) -> None:
         assert {w["workload_id"] for w in mine} == {one, two, big}
         queued = c.get("/api/v1/workloads", params={"state": "queued"}).json()["items"]
         assert [w["workload_id"] for w in queued] == [big]
+        # It waits at the head of the queue with a reservation where GPUs free up first.
+        assert waiting["expected_start_ts"] > 0 and waiting["reserved_site"]
+        assert queued[0]["expected_start_ts"] == waiting["expected_start_ts"]
+        assert queued[0]["reserved_site"] == waiting["reserved_site"]
         assert c.get("/api/v1/workloads", params={"priority": 9}).json()["items"][0][
             "workload_id"] == two
     wait_for(lambda: {e["data"] and json.loads(e["data"])["workload_id"]

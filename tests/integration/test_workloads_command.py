@@ -41,7 +41,8 @@ def route_some(redis_url: str, prefix: str) -> None:
             events, msgs = router.drain()
             for m in msgs:
                 apply_assignment(fleet, m)
-            writer.write_batch([("workload_events", events)])
+            writer.write_batch([("workload_events", events),
+                                ("reservations", router.drain_reservations())])
         writer.write_batch([("gpu_health", pl.DataFrame(
             [("gpu-00099", "north", T0 + 5_000, True, "unresponsive", T0 + 5_000),
              ("gpu-00098", "north", T0 + 5_000, True, "unresponsive", T0 + 5_000),
@@ -70,6 +71,14 @@ def test_workloads_table(redis_url: str, redis_prefix: str, capsys) -> None:
     assert client.hget(f"{redis_prefix}workload:wait-b", "state") == b"queued"
     assert client.hget(f"{redis_prefix}workload:run-a", "pending_reason") == b""
     assert "pending: 2 capacity" in queue
+    # Both wait at the head of the queue with a reservation: the GPUs free up in an hour.
+    assert "north in 1h00m" in lines["wait-b"] and "north in 1h00m" in lines["wait-lo"]
+    assert "RESERVED" in queue.splitlines()[1]
+    fields = client.hmget(f"{redis_prefix}workload:wait-b", "expected_start_ts",
+                          "reserved_site", "reserved_gpus")
+    assert int(fields[0]) >= T0 + 3_600_000 and fields[1] == b"north"
+    assert fields[2].startswith(b"gpu-0000")
+    assert client.hget(f"{redis_prefix}workload:run-a", "expected_start_ts") is None
     # Cordoned GPUs: gpu-00099 still, gpu-00098 no longer.
     cordoned = out.split("CORDONED GPUs")[1]
     assert cordoned.startswith(" (1,") and "gpu-00099" in cordoned and "unresponsive" in cordoned

@@ -3,7 +3,8 @@
 
 Reads the ``{prefix}workload:{id}`` hashes the Redis sink writes from the router's
 workload events (fields ``state``, ``priority``, ``gpus``, ``site``, ``reason``,
-``pending_reason``, ``updated_ts`` and one ``{state}_ts`` per state reached) and the
+``pending_reason``, ``updated_ts``, one ``{state}_ts`` per state reached and, while it holds a
+reservation, ``expected_start_ts`` and ``reserved_site``) and the
 ``{prefix}gpu:cordoned`` hash. Ages are in event time: "now" is the newest ``updated_ts``
 found, so a replayed or simulated run reads sensibly.
 
@@ -127,6 +128,14 @@ def _age(now: int, ts: int) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _reserved(now: int, r: dict[str, str]) -> str:
+    """``site in 1h00m`` for a workload holding a reservation, else ``-``."""
+    start = _int(r, "expected_start_ts")
+    if start <= 0:
+        return "-"
+    return f"{r.get('reserved_site', '') or '?'} in {_age(start, now)}"
+
+
 def _table(out: TextIO, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(header)]
@@ -154,10 +163,10 @@ def render(
         key=lambda r: (-_int(r, "priority"), _int(r, "submitted_ts"), r["workload_id"]),
     )
     out.write(f"QUEUE ({len(queued)}, highest priority first, oldest first within a level)\n")
-    _table(out, ("PRIO", "WORKLOAD", "STATE", "WAITING", "PENDING", "REASON"), [
+    _table(out, ("PRIO", "WORKLOAD", "STATE", "WAITING", "PENDING", "RESERVED", "REASON"), [
         (str(_int(r, "priority")), r["workload_id"], r.get("state", ""),
          _age(now, _int(r, "submitted_ts")), r.get("pending_reason", "") or "-",
-         r.get("reason", ""))
+         _reserved(now, r), r.get("reason", ""))
         for r in queued[:limit]
     ])
     pending: dict[str, int] = {}

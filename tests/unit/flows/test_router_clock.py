@@ -129,17 +129,51 @@ def test_snapshot_mid_stream_resumes_with_the_same_decisions() -> None:
     assert events.equals(ref_events) and msgs == ref_msgs
 
 
-def test_late_request_is_dropped_and_counted() -> None:
+def late_commands(op: str) -> float:
+    return REGISTRY.get_sample_value("hcp_router_late_commands_total", {"op": op}) or 0.0
+
+
+def test_a_late_submit_is_applied_never_dropped() -> None:
     clock = RouterClock.create(Router(), ("req#0",))
-    before = late_count("workloads")
+    before, dropped = late_commands("submit"), late_count("workloads")
     clock.add_batch("workloads", "req#0", req_rows([
         {"ts": T0 + 10_000, "workload_id": "a"},
         {"ts": T0 + 6_000, "workload_id": "on-time"},  # 4 s behind: within the lateness
-        {"ts": T0 + 4_000, "workload_id": "late"},  # 6 s behind: late
+        {"ts": T0 + 4_000, "workload_id": "late"},  # 6 s behind its partition: late
     ]), eof=True)
+    clock.advance(final=True)
+    assert late_commands("submit") - before == 1
+    assert late_count("workloads") == dropped
+    assert set(clock.router.workloads) == {"a", "on-time", "late"}
+    assert clock.router.workloads["late"].submit_ts == T0 + 4_000  # its own ts: its age
+
+
+def test_a_cancel_behind_the_routed_ticks_takes_effect_and_a_replay_is_ignored() -> None:
+    clock = RouterClock.create(Router(), ("req#0", "req#1"))
+    clock.add_batch("workloads", "req#0", req_rows([
+        {"ts": T0, "workload_id": "x", "gpus": 2},  # no GPUs at all: it stays queued
+        {"ts": T0 + 20_000, "workload_id": "y"},
+    ]))
+    clock.add_batch("workloads", "req#1", req_rows([{"ts": T0 + 20_000, "workload_id": "z"}]))
     clock.advance()
-    assert late_count("workloads") - before == 1
-    assert set(clock.router.workloads) == {"a", "on-time"}
+    assert clock.done_until > T0 + 500
+    routed = clock.done_until
+    clock.router.machine.drain()
+    before = late_commands("cancel")
+    cancel = pl.DataFrame({"v": [1], "ts": [T0 + 500], "workload_id": ["x"],
+                           "op": ["cancel"]})
+    clock.add_batch("workloads", "req#1", cancel)
+    clock.add_batch("workloads", "req#0", req_rows([{"ts": T0, "workload_id": "x", "gpus": 2}]))
+    clock.advance(final=True)
+    assert late_commands("cancel") - before == 1
+    w = clock.router.workloads["x"]
+    assert w.state == "cancelled"
+    events = clock.router.machine.drain()
+    row = events.filter((pl.col("workload_id") == "x") & (pl.col("to_state") == "cancelled"))
+    assert row.height == 1 and row["ts"][0] >= routed  # applied at the router's time
+    # The replayed submit (same ts and customer) changed nothing.
+    assert events.filter((pl.col("workload_id") == "x")
+                         & (pl.col("to_state") == "submitted")).height == 0
 
 
 def test_a_tick_waits_for_the_slowest_input_and_an_idle_one_stops_holding_it() -> None:

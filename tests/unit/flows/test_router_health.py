@@ -107,3 +107,31 @@ def test_cordon_ends_after_the_cool_off() -> None:
     loop.step(600)
     assert loop.router.cordoned() == []
     assert loop.state("b") == "assigned"  # probation: offered work again
+
+
+def test_a_four_gpu_job_with_one_dead_gpu_is_seen_and_placed_again_without_it() -> None:
+    fleet = even_fleet(6, sites=("a",))
+    dead = "gpu-00001"  # among the first four in placement order
+    fleet.unresponsive = {dead}
+    loop = Loop(fleet)
+    loop.step(1, [{"workload_id": "big", "gpus": 4, "est_duration_s": 600}])
+    first = [g for _, w, g in assigns(loop) if w == "big"]
+    assert dead in first and len(first) == 4
+    for _ in range(TIMEOUT_S // 5 + 6):  # one assign timeout and a little more
+        loop.step(5)
+    w = loop.router.workloads["big"]
+    events = loop.all_events().filter(pl.col("workload_id") == "big")
+    # Three GPUs reported it, one never did: not running; the timeout requeued it.
+    assert "assign_timeout" in events["reason"].to_list()
+    assert int(loop.router.fleet.misses[loop.router.fleet.index[dead]]) == 1
+    assert all(int(loop.router.fleet.misses[loop.router.fleet.index[g]]) == 0
+               for g in first if g != dead)
+    second = [g for _, wid, g in assigns(loop) if wid == "big"][4:]
+    assert len(second) == 4 and dead not in second
+    for _ in range(6):
+        loop.step(5)
+    assert w.state == "running"
+    requeued = events.filter(pl.col("reason") == "assign_timeout")["ts"][0]
+    running = loop.all_events().filter((pl.col("workload_id") == "big")
+                                       & (pl.col("to_state") == "running"))
+    assert running.height == 1 and running["ts"][0] > requeued  # never on the first placement

@@ -196,9 +196,10 @@ def test_assignment_timeout_requeues() -> None:
     assert router.workloads["lost"].pending_reason == "gpus_unresponsive"
 
 
-def run_stream(guard: float | None) -> Loop:
+def run_stream(guard: float | None, reservations: int = 0) -> Loop:
     """4 GPUs; a 4-GPU job among same-priority 1-GPU jobs that arrive faster than they run."""
-    loop = Loop(SimFleet(4, sites=("a",)), starvation_guard_s=guard, urgent_priority=11)
+    loop = Loop(SimFleet(4, sites=("a",)), starvation_guard_s=guard, urgent_priority=11,
+                reservations=reservations)
     # Staggered durations keep the GPUs from ever freeing together by accident.
     loop.step(1, [{"workload_id": f"s{i}", "est_duration_s": 30 + 15 * i} for i in range(4)])
     loop.step(1, [{"workload_id": "big", "gpus": 4, "priority": 5, "est_duration_s": 60}])
@@ -217,6 +218,15 @@ def test_starvation_guard_lets_a_large_job_through() -> None:
     assert loop.state("big") == "running"
     started = loop.router.workloads["big"].running_ts - (T0 + 2_000)
     assert 1_800_000 <= started <= 1_800_000 + 120_000  # guard, then one job duration
+
+
+def test_a_reservation_starts_the_large_job_when_its_gpus_free_up() -> None:
+    # With a reservation the 4-GPU job does not wait for the guard: the small jobs behind
+    # it may only take GPUs they give back before all four are expected free.
+    loop = run_stream(None, reservations=8)
+    assert loop.state("big") == "running"
+    started = loop.router.workloads["big"].running_ts - (T0 + 2_000)
+    assert started <= 120_000  # the four first jobs end within 75 s of each other
 
 
 def test_snapshot_resume_gives_the_same_decisions() -> None:
