@@ -38,6 +38,7 @@ PENDING_REASONS = (
     "temperature",
     "price_cap",
     "starvation_guard",
+    "quota",  # set by the router: over its customer's quota (flows/router/quota.py)
 )
 _CAPACITY, _UNRESPONSIVE, _MEMORY, _TEMPERATURE, _PRICE = range(5)
 
