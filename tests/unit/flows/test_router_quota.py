@@ -25,7 +25,8 @@ def test_max_gpus_holds_work_back_and_releases_it() -> None:
             break
     assert loop.state(held) in placed
     events = loop.all_events()
-    assert events.filter((events["workload_id"] == held) & (events["reason"] == "quota")).height == 1
+    quota_rows = events.filter((events["workload_id"] == held) & (events["reason"] == "quota"))
+    assert quota_rows.height == 1
 
 
 def test_monthly_gpu_hours_hold_new_work_once_spent() -> None:
