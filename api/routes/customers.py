@@ -22,7 +22,7 @@ from api.audit import AUDIT_COLUMNS, record_async
 from api.auth import Principal
 from api.models import NAME
 from api.problems import ProblemError
-from api.routes.common import NOT_FOUND, admin, anyone, json_doc, ms, to_ms
+from api.routes.common import ERRORS, admin, anyone, json_doc, ms, to_ms
 from api.services import Services
 
 __all__ = ["QuotaBody", "month_bounds", "request_id", "router"]
@@ -36,7 +36,7 @@ class QuotaBody(BaseModel):
     monthly_gpu_hours: float | None = Field(None, ge=0, le=1e9)
 
 
-router = APIRouter(prefix="/api/v1", tags=["customers"])
+router = APIRouter(prefix="/api/v1", tags=["customers"], responses=ERRORS)
 _MONTH = re.compile(r"^(\d{4})-(\d{2})(\.csv)?$")
 _SUMS = (
     "sum(gpu_seconds) / 3600.0, sum(energy_wh) / 1000.0, sum(energy_cost_usd), sum(charge_usd)"
@@ -66,13 +66,9 @@ async def audit(request: Request, principal: Principal, action: str, target: str
                            request_id(request))
 
 
-def _customer(principal: Principal, asked: str | None) -> str:
+def _customer(principal: Principal, asked: str | None) -> str | None:
+    """The customer to report on; None: an admin asking for every customer."""
     if principal.is_admin:
-        if not asked:
-            raise ProblemError(
-                422, "an admin key must name the customer",
-                errors=[{"loc": ["query", "customer"], "msg": "required for admin keys",
-                         "type": "missing"}])
         return asked
     if asked not in (None, principal.customer):
         raise ProblemError(403, "a customer key sees only its own usage")
@@ -108,7 +104,8 @@ async def get_usage(
 ) -> Response:
     """GPU-hours, energy, its cost and charges per day or per workload in [from, to).
 
-    ``from`` defaults to the start of the current month (UTC), ``to`` to now.
+    An admin without ``customer`` gets every customer's usage together. ``from``
+    defaults to the start of the current month (UTC), ``to`` to now.
     """
     who = _customer(principal, customer)
     now = datetime.now(UTC)
@@ -120,9 +117,10 @@ async def get_usage(
                                     "type": "value_error"}])
     group = ("date_trunc('day', minute, 'UTC')" if by == "day" else "workload_id")
     sql = (f"SELECT {group}, {_SUMS}, min(minute), max(minute) FROM usage_minutes "
-           "WHERE customer = %s AND minute >= %s AND minute < %s GROUP BY 1 ORDER BY 1")
+           "WHERE (%s::text IS NULL OR customer = %s) AND minute >= %s AND minute < %s "
+           "GROUP BY 1 ORDER BY 1")
     async with _services(request).pg.connection() as conn:
-        cur = await conn.execute(sql, (who, start, end))
+        cur = await conn.execute(sql, (who, who, start, end))
         rows = await cur.fetchall()
     items = []
     for r in rows:
@@ -137,12 +135,18 @@ async def get_usage(
                      "items": items, "totals": totals})
 
 
-@router.get("/invoices/{customer}/{month}", responses=NOT_FOUND)
+_INVOICE_TYPES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the invoice", "content": {"application/json": {}, "text/csv": {}}},
+}
+
+
+@router.get("/invoices/{customer}/{month}", responses=_INVOICE_TYPES)
 async def get_invoice(
     request: Request,
     principal: Annotated[Principal, Depends(anyone)],
     customer: Annotated[str, Path(pattern=NAME, max_length=128)],
-    month: Annotated[str, Path(max_length=16, description="YYYY-MM, or YYYY-MM.csv for CSV")],
+    month: Annotated[str, Path(pattern=r"^\d{4}-\d{2}(\.csv)?$",
+                               description="YYYY-MM, or YYYY-MM.csv for CSV")],
 ) -> Response:
     """One line per workload run in the month, and the totals; CSV with ``.csv`` or
     ``Accept: text/csv``."""
