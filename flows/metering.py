@@ -155,10 +155,13 @@ class Meter:
         df = df.filter(pl.col("workload_id").is_not_null())
         if not df.height:
             return
+        learned = False
         for gid, model in df.select("gpu_id", "model").unique("gpu_id", keep="last").rows():
             if s.gpu_model.get(gid) != model:
                 s.gpu_model[gid] = model
-                s.dirty.update(w for w, (_, g, _) in s.open.items() if gid in g)
+                learned = True
+        if learned:  # rare (a GPU's first report): reprice every open run, not a search
+            s.dirty.update(s.open)
         horizon = self.horizon if s.now else None
         agg = (
             df.select(

@@ -66,6 +66,13 @@ def usage(dsn: str) -> list[tuple]:
         ).fetchall()
 
 
+def commands(dsn: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT actor, target, request_id, detail::text FROM audit_log "
+            "WHERE action = 'fleet.command' ORDER BY target, request_id").fetchall()
+
+
 @pytest.fixture(scope="module")
 def world(bootstrap: str, redis_url: str) -> Iterator[tuple[Topics, list[str], list[str]]]:
     topics = Topics(prefix=f"m{uuid.uuid4().hex[:10]}.")
@@ -110,5 +117,7 @@ def test_usage_equals_hand_computation_and_survives_sigkill(
     assert resumed.wait(240) == 0, resumed.output()[-3000:]
     assert kind is None or "resuming from recovery directory" in resumed.output()
     assert usage(dsns[1]) == rows
+    # The job's fleet commands are in the audit trail, each once, killed or not.
+    assert commands(dsns[1]) == commands(dsns[0]) and commands(dsns[0])
     again = client.hgetall(f"{prefixes[1]}usage:workload:wl-meter")
     assert again == total

@@ -22,6 +22,11 @@ CREATE TABLE IF NOT EXISTS usage_minutes (
 );
 CREATE INDEX IF NOT EXISTS usage_minutes_customer_idx ON usage_minutes (customer, minute);
 SELECT create_hypertable('usage_minutes', by_range('minute', INTERVAL '7 days'), if_not_exists => TRUE, migrate_data => TRUE);
+-- Rows are final 10 minutes after their minute (flows/metering.py): compressing after 7 days
+-- never meets an upsert. No retention policy: these are billing records.
+ALTER TABLE usage_minutes SET (timescaledb.compress, timescaledb.compress_segmentby = 'workload_id', timescaledb.compress_orderby = 'minute DESC');
+SELECT remove_compression_policy('usage_minutes', if_exists => TRUE);
+SELECT add_compression_policy('usage_minutes', compress_after => INTERVAL '7 days');
 
 -- Per customer: at most max_gpus GPUs at once and monthly_gpu_hours GPU-hours a month
 -- (null: no limit). Set with `hcp api customers set`.
