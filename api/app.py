@@ -21,7 +21,7 @@ from api.console import mount_console
 from api.fastpath import PointReads
 from api.metrics import ApiMetrics, RouteMetrics
 from api.problems import BodyLimit, install_handlers
-from api.routes import optimizer, orchestrator, sites, stream
+from api.routes import customers, optimizer, orchestrator, sites, stream
 from api.services import Services
 from api.settings import ApiSettings
 from flows.profitability.whatif import warm_up
@@ -73,6 +73,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_handlers(app)
     app.include_router(optimizer.router)
     app.include_router(orchestrator.router)
+    app.include_router(customers.router)
     app.include_router(stream.router)
     app.include_router(sites.history_router)
     app.include_router(sites.gpus_router)

@@ -102,6 +102,11 @@ def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
         if principal.role not in allowed:
             raise ProblemError(403, f"a {principal.role} key may not use this endpoint")
         request.state.principal = principal
+        route = getattr(request.scope.get("route"), "path", "other")
+        wait = request.app.state.services.limiter.check(principal.key_id, route)
+        if wait:
+            raise ProblemError(429, f"rate limit of this API key reached; retry in {wait:.0f} s",
+                               headers={"Retry-After": f"{wait:.0f}"})
         return principal
 
     return dependency

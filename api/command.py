@@ -1,16 +1,21 @@
-"""``hcp api``: serve the HTTP API; ``hcp api keys create|list|revoke``: manage its keys."""
+"""``hcp api``: serve the HTTP API; ``hcp api keys create|list|revoke``: manage its keys;
+``hcp api customers set|list``: customer quotas. Every write is audited (api/audit.py)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 import psycopg
 
+from api.audit import cli_actor, record
 from api.keys import ROLES, create_key, list_keys, revoke_key
+from api.models import NAME
+from api.quotas import Quota, list_quotas, set_quota
 from api.settings import ApiSettings, add_api_args
-from hcp.config import env_flag
+from hcp.config import env_flag, non_negative_float
 from hcp.errors import ConfigError, SinkUnavailableError
 from hcp.settings import add_settings
 from sinks.postgres.schema import apply_migrations, connect, ensure_database, redact_dsn
@@ -47,8 +52,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke = actions.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id", help="the key's id (`hcp api keys list`)")
     revoke.set_defaults(func=_revoke)
-    for leaf in (create, listing, revoke):
+    customers = sub.add_parser("customers", help="set or list customer quotas")
+    cactions = customers.add_subparsers(dest="customers_command", metavar="ACTION",
+                                        required=True)
+    cset = cactions.add_parser(
+        "set", help="set a customer's quota (omitted limits become none)")
+    cset.add_argument("name", help="the customer")
+    cset.add_argument("--max-gpus", type=_non_negative_int, default=None,
+                      help="GPUs the customer may hold at once (default: no limit)")
+    cset.add_argument("--monthly-gpu-hours", type=non_negative_float, default=None,
+                      help="GPU-hours per calendar month, UTC (default: no limit)")
+    cset.set_defaults(func=_customers_set)
+    clist = cactions.add_parser("list", help="list customer quotas")
+    clist.set_defaults(func=_customers_list)
+    for leaf in (create, listing, revoke, cset, clist):
         add_settings(leaf, "pg")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _customers_set(args: argparse.Namespace) -> int:
+    if not re.match(NAME, args.name):
+        raise ConfigError(f"invalid customer name {args.name!r}")
+    quota = Quota(args.name, args.max_gpus, args.monthly_gpu_hours)
+    with _db(args.pg) as conn, conn.transaction():
+        set_quota(conn, quota)
+        record(conn, cli_actor(), "quota.set", args.name, quota.doc())
+    print(f"customer {args.name}: max_gpus {_limit(quota.max_gpus)}, "
+          f"monthly_gpu_hours {_limit(quota.monthly_gpu_hours)}")
+    return 0
+
+
+def _limit(value: float | None) -> str:
+    return "none" if value is None else f"{value:g}"
+
+
+def _customers_list(args: argparse.Namespace) -> int:
+    with _db(args.pg) as conn:
+        quotas = list_quotas(conn)
+    print(f"{'customer':<24} {'max_gpus':>9} {'monthly_gpu_hours':>18}")
+    for q in quotas:
+        print(f"{q.customer:<24} {_limit(q.max_gpus):>9} {_limit(q.monthly_gpu_hours):>18}")
+    return 0
 
 
 def _db(dsn: str) -> psycopg.Connection:
@@ -66,8 +119,10 @@ def _create(args: argparse.Namespace) -> int:
         raise ConfigError("--customer is for customer keys only")
     if args.role == "customer" and not args.customer:
         raise ConfigError("a customer key needs --customer ID")
-    with _db(args.pg) as conn:
+    with _db(args.pg) as conn, conn.transaction():
         key_id, key = create_key(conn, args.role, args.customer)
+        record(conn, cli_actor(), "key.create", key_id,
+               {"role": args.role, "customer": args.customer})
     who = f" for customer {args.customer}" if args.customer else ""
     print(f"created {args.role} key {key_id}{who}; it is shown once, store it now:")
     print(key)
@@ -88,9 +143,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    with _db(args.pg) as conn:
+    with _db(args.pg) as conn, conn.transaction():
         if not revoke_key(conn, args.key_id):
             raise ConfigError(f"no active key with id {args.key_id!r}")
+        record(conn, cli_actor(), "key.revoke", args.key_id, {})
     print(f"revoked key {args.key_id}")
     return 0
 

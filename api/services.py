@@ -20,6 +20,7 @@ from api.metrics import ApiMetrics
 from api.pg import PgPool
 from api.problems import ProblemError, unavailable
 from api.producer import RequestProducer
+from api.ratelimit import RateLimiter
 from api.read_model import ReadModel, parse_prices
 from api.settings import ApiSettings
 from sinks.postgres.schema import redact_dsn
@@ -72,6 +73,8 @@ class Services:
         )
         self.metrics = metrics or ApiMetrics()
         self.metrics.watch(lambda: self.read_model.prices, lambda: self.read_model.workloads)
+        self.limiter = RateLimiter(settings.rate_per_s, settings.rate_burst,
+                                   self.metrics.registry)
         # workload id -> customer, of workloads submitted through the API (api_workloads).
         self.owners: dict[str, str] = {}
         self._owners_seen: Any = None

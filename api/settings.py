@@ -32,6 +32,8 @@ class ApiSettings:
     pool_fee: float = default("pool_fee")
     no_read_model: bool = False
     pg_pool: int = 4
+    rate_per_s: float = 50.0
+    rate_burst: int = 200
 
     @property
     def topics(self) -> Topics:
@@ -95,4 +97,21 @@ def add_api_args(parser: argparse.ArgumentParser) -> None:
         "--no-read-model",
         env="HCP_API_NO_READ_MODEL",
         help="read every recommendation from Redis per request instead of the in-process copy",
+    )
+    # Per-key rate limits (api/ratelimit.py, docs/customers.md).
+    env_arg(
+        tuning,
+        "--rate-per-s",
+        env="HCP_API_RATE_PER_S",
+        default=50.0,
+        type=non_negative_float,
+        help="requests a second each API key may make on average (0: no limit); more get 429",
+    )
+    env_arg(
+        tuning,
+        "--rate-burst",
+        env="HCP_API_RATE_BURST",
+        default=200,
+        type=positive_int,
+        help="requests an API key may make at once before --rate-per-s applies",
     )

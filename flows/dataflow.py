@@ -236,6 +236,11 @@ def build_flow(
         shutdown,
         idle_timeout_s=settings.idle_timeout_s,
     )
+    # Metering (docs/customers.md): usage per workload and minute from the transitions.
+    from flows.metering import add_metering
+
+    metered = add_metering(batches, routed)
+    routed = op.merge("routed_and_metered", routed, metered)
     # Redis takes whole windows from the fleet step (one ordered stream writer);
     # PostgreSQL takes each group's rows where they are (keyed upserts, any order).
     to_redis = op.merge("redis_outputs", recs, side, routed, control)

@@ -114,6 +114,10 @@ WORKLOAD_FIELDS: tuple[Field, ...] = (
     Field("mem_gb", pl.Float64, lo=0, hi=10_000, submit_only=True),
     Field("est_duration_s", pl.Int64, lo=1, submit_only=True),
     Field("max_price_usd_hr", pl.Float64, required=False, nullable=True, lo=0),
+    # The customer's quota in force when the API produced the request (docs/customers.md):
+    # at most this many GPUs at once, this many GPU-hours a month; absent: no limit.
+    Field("quota_max_gpus", pl.Int64, required=False, nullable=True, lo=0),
+    Field("quota_gpu_hours", pl.Float64, required=False, nullable=True, lo=0),
 )
 
 

@@ -30,3 +30,5 @@ class Out(StrEnum):
     SITE_COMPLIANCE = "site_compliance"  # per site and window: commanded vs observed kW
     GPU_HEALTH = "gpu_health"  # the router's GPU cordon changes (GPU_HEALTH_SCHEMA)
     RESERVATIONS = "reservations"  # the router's reservation changes (RESERVATION_SCHEMA)
+    USAGE = "usage"  # metered usage per workload and minute (flows/metering.py)
+    USAGE_TOTALS = "usage_totals"  # running usage totals per workload and customer month

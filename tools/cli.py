@@ -35,6 +35,7 @@ SUBCOMMAND_MODULES = [
     "tools.commands.history",
     "tools.commands.db",
     "api.command",
+    "tools.commands.audit",
     "tools.record.command",
     "tools.commands.broker",
     "tools.bench.command",

@@ -111,6 +111,11 @@ async def customer(request: Request) -> Response:
     return await _page(request, "customer.html", "customer")
 
 
+@router.get("/usage", response_class=HTMLResponse)
+async def usage(request: Request) -> Response:
+    return await _page(request, "usage.html", "customer")
+
+
 @router.get("/vendor/{name}")
 async def vendor(name: str) -> Response:
     path = VENDOR.get(name)

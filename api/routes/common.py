@@ -38,6 +38,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: _problem("no or an unknown API key"),
     403: _problem("the key's role may not use this endpoint"),
     422: _problem("invalid parameters or body; `errors` lists every bad field"),
+    429: _problem("the key's rate limit is reached; `Retry-After` says when to retry"),
     503: _problem("a dependency (Redis, PostgreSQL, broker) is unreachable"),
 }
 # The two roles of contract section 6, as route dependencies.

@@ -41,6 +41,7 @@ from api.routes.common import (
     json_doc,
     to_ms,
 )
+from api.routes.customers import audit, quota_and_used
 from api.routes.optimizer import ensure_model, lookup_rec
 from api.services import Services
 from hcp.workload_requests import cancel_message, submit_message
@@ -86,11 +87,13 @@ async def submit_workload(
     else:
         fields["customer"] = principal.customer
     canonical = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    quota = await _check_quota(services, fields)
     if idempotency_key is None:
         wid = fields.get("workload_id") or f"wl-{uuid.uuid4().hex[:16]}"
         fields["workload_id"] = wid
         await _record_owner(services, wid, fields)
-        await services.producer.send(wid, submit_message(fields, _now_ms()))
+        await services.producer.send(wid, submit_message({**fields, **quota}, _now_ms()))
+        await audit(request, principal, "workload.submit", wid, fields)
         return json_doc({"workload_id": wid, "state": "submitted"}, 202)
     body_hash = hashlib.sha256(canonical).hexdigest()
     wid = fields.get("workload_id") or f"wl-{uuid.uuid4().hex[:16]}"
@@ -120,7 +123,8 @@ async def submit_workload(
             # under the same workload id; the router ignores a repeat of a known id.
     fields["workload_id"] = wid
     await _record_owner(services, wid, fields)
-    await services.producer.send(wid, submit_message(fields, _now_ms()))
+    await services.producer.send(wid, submit_message({**fields, **quota}, _now_ms()))
+    await audit(request, principal, "workload.submit", wid, fields)
     answer = {"workload_id": wid, "state": "submitted"}
     async with services.pg.connection() as conn:
         await conn.execute(
@@ -129,6 +133,20 @@ async def submit_workload(
             (Jsonb(answer), principal.owner, idempotency_key),
         )
     return json_doc(answer, 202)
+
+
+async def _check_quota(services: Services, fields: dict[str, Any]) -> dict[str, Any]:
+    """The quota fields for the message; 409 when the request can never fit the quota."""
+    (max_gpus, hours), used = await quota_and_used(services, fields["customer"])
+    if max_gpus is not None and fields["gpus"] > max_gpus:
+        raise ProblemError(409, f"the request needs {fields['gpus']} GPUs; customer "
+                                f"{fields['customer']!r} may use at most {max_gpus} at once")
+    need = fields["gpus"] * fields["est_duration_s"] / 3600.0
+    if hours is not None and need > hours - used + 1e-9:
+        raise ProblemError(409, f"the request needs {need:.3f} GPU-hours; customer "
+                                f"{fields['customer']!r} has {max(hours - used, 0.0):.3f} of "
+                                f"{hours:g} left this month")
+    return {"quota_max_gpus": max_gpus, "quota_gpu_hours": hours}
 
 
 async def _record_owner(services: Services, wid: str, fields: dict[str, Any]) -> None:
@@ -296,6 +314,7 @@ async def cancel_workload(
     if state in TERMINAL:
         raise ProblemError(409, f"workload {workload_id!r} is already {state}")
     await services.producer.send(workload_id, cancel_message(workload_id, _now_ms()))
+    await audit(request, principal, "workload.cancel", workload_id, {"state": state})
     return json_doc(
         {"workload_id": workload_id, "state": state, "cancel_requested": True}, 202
     )

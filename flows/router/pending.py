@@ -42,6 +42,7 @@ PENDING_REASONS = (
     "price_cap",
     "starvation_guard",
     "reserved_for_higher_priority",
+    "quota",  # set by the router: over its customer's quota (flows/router/quota.py)
 )
 _CAPACITY, _UNRESPONSIVE, _MEMORY, _TEMPERATURE, _PRICE = range(5)
 _RESERVED = 6

@@ -46,6 +46,7 @@ from flows.router.kernels import (
 from flows.router.pending import pending_reasons, unschedulable
 from flows.router.preempt import Candidate, choose_victims
 from flows.router.queue import AgingQueue
+from flows.router.quota import QuotaBook
 from flows.router.states import TERMINAL, StateMachine, Workload
 from hcp.schemas import GPU_HEALTH_SCHEMA, RESERVATION_SCHEMA
 
@@ -107,6 +108,9 @@ class Router:
         # workload id -> (expected start, site, GPU indices): the reservations in force.
         self.reservations: dict[str, tuple[int, str, tuple[int, ...]]] = {}
         self._reservation_rows: list[tuple[str, int, int | None, str, str]] = []
+        self.quota = QuotaBook()  # customer quotas (flows/router/quota.py)
+        self.machine.observer = self.quota.on_transition
+        self._quota_held: set[str] = set()
 
     # -- inputs -------------------------------------------------------------------------
     def _tick(self, ts: int) -> None:
@@ -134,6 +138,8 @@ class Router:
             df = classify(df)
         if "max_price_usd_hr" not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("max_price_usd_hr"))
+        if "quota_max_gpus" in df.columns or "quota_gpu_hours" in df.columns:
+            self._quota_requests(df)
         cols = ("workload_id", "customer", "kind", "priority", "gpus", "mem_gb",
                 "est_duration_s", "max_price_usd_hr", "ts", "_at", "_row")
         ci = 0
@@ -159,6 +165,23 @@ class Router:
             self.queue.push(wid, w.priority, w.submit_ts)
         for ts, _, wid in cancels[ci:]:
             self._cancel(wid, ts)
+
+    def _quota_requests(self, df: pl.DataFrame) -> None:
+        """The quota each request carries becomes its customer's (in ts order)."""
+        book = self._quotas()
+        none = pl.Series([None] * df.height)
+        g = df["quota_max_gpus"] if "quota_max_gpus" in df.columns else none
+        h = df["quota_gpu_hours"] if "quota_gpu_hours" in df.columns else none
+        for cust, mg, gh in zip(df["customer"].to_list(), g.to_list(), h.to_list(), strict=True):
+            book.set(cust, mg, gh)
+
+    def _quotas(self) -> QuotaBook:
+        # Routers pickled before quotas existed get an empty book on resume.
+        if not hasattr(self, "quota"):
+            self.quota = QuotaBook()
+            self._quota_held = set()
+        self.machine.observer = self.quota.on_transition
+        return self.quota
 
     def _cancel(self, wid: str, ts: int) -> None:
         """End ``wid`` in ``cancelled``: dequeue it or stop it on its GPUs."""
@@ -377,6 +400,10 @@ class Router:
         if len(kept) != len(entries):
             entries = kept
             ordered = [(w.priority, w.submit_ts, w.workload_id) for w in entries]
+        kept, self._quota_held = self._quotas().hold(entries, self.active, self.now)
+        if self._quota_held:
+            entries = kept
+            ordered = [(w.priority, w.submit_ts, w.workload_id) for w in entries]
         block = self._starvation_guard(ordered, entries)
         need_gpus = np.fromiter((w.gpus for w in entries), np.int64, len(entries))
         need_mem = np.fromiter((w.mem_gb for w in entries), np.float64, len(entries))
@@ -536,6 +563,8 @@ class Router:
         for w, reason in zip(queued, reasons, strict=True):
             if w.workload_id in held_back:
                 reason = "starvation_guard"
+            if w.workload_id in getattr(self, "_quota_held", ()):
+                reason = "quota"
             if reason != w.pending_reason:
                 self.machine.pending(w, self.now, reason)
 

@@ -26,6 +26,7 @@ transition. Every valid transition becomes one row of
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -105,6 +106,8 @@ class StateMachine:
 
     def __init__(self) -> None:
         self.invalid = 0
+        # Called as observer(w, from_state, to_state, ts) on each valid transition (quotas).
+        self.observer: Callable[[Workload, str | None, str, int], None] | None = None
         self._rows: list[tuple[str, int, str | None, str, int, str, str, str]] = []
 
     def transition(
@@ -126,6 +129,8 @@ class StateMachine:
             )
             return False
         w.state = to_state
+        if getattr(self, "observer", None) is not None:
+            self.observer(w, src, to_state, int(ts))
         if to_state == "queued":
             w.queued_ts = int(ts)
         self._rows.append(

@@ -61,6 +61,8 @@ TAG_TABLES: dict[str, str] = {
     Out.WORKLOAD_EVENTS: "workload_events",
     Out.COMPLIANCE: "device_compliance",
     Out.SITE_COMPLIANCE: "site_compliance",
+    Out.USAGE: "usage_minutes",
+    Out.COMMANDS: "audit_log",  # every fleet command the job sends, in the audit trail
 }
 # Raw telemetry is by far the largest stream; --no-raw style deployments skip it.
 RAW_TAGS = frozenset({Out.GPU_RAW, Out.ASIC_RAW})

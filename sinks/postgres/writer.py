@@ -20,6 +20,7 @@ int64 epoch milliseconds; the upsert converts them to ``timestamptz``.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ _PG_TO_POLARS: dict[str, pl.DataType] = {
 }
 _STAGE_TYPE = {"timestamp with time zone": "bigint", "integer": "bigint"}
 
+# Fleet commands are appended to the audit trail, not upserted (see _audit_commands).
+AUDIT_TABLE = "audit_log"
 # Tables that may skip the upsert, and the window column their mark follows.
 FAST_TABLES: dict[str, str] = {"device_windows": "window_start", "recommendations": "window_end"}
 
@@ -195,10 +198,14 @@ class PgWriter:
 
     def write(self, frames: Mapping[str, pl.DataFrame]) -> dict[str, int]:
         """Write ``{table: frame}`` in one transaction; return rows written per table."""
-        prepared = {name: self.prepare(name, df) for name, df in frames.items() if df.height}
+        audit = frames.get(AUDIT_TABLE)
+        prepared = {name: self.prepare(name, df) for name, df in frames.items()
+                    if df.height and name != AUDIT_TABLE}
         self.batches += 1
         counts: dict[str, int] = {}
         with self._conn.transaction():
+            if audit is not None and audit.height:
+                counts[AUDIT_TABLE] = self._audit_commands(audit)
             for name, df in prepared.items():
                 info = self.table(name)
                 if self._fast_path and name in FAST_TABLES and self._provably_new(info, df):
@@ -214,6 +221,26 @@ class PgWriter:
             if self._before_commit is not None:
                 self._before_commit(self.batches)
         return counts
+
+    def _audit_commands(self, df: pl.DataFrame) -> int:
+        """Fleet commands (``Out.COMMANDS`` rows) into the append-only ``audit_log``.
+
+        Keyed by (action, request id ``window:<ts>``, device): a replayed command is
+        recorded once. Commands go out only when a device's action changes: few rows.
+        """
+        rows = [
+            ("job", "fleet.command", dev, f"window:{ts}",
+             json.dumps({"action": action, "reason": reason, "site": site,
+                         "device_type": dtype, "ts": ts}, sort_keys=True))
+            for dev, dtype, site, ts, action, reason in df.select(
+                "device_id", "device_type", "site", "ts", "action", "reason").iter_rows()
+        ]
+        with self._conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO audit_log (actor, action, target, request_id, detail) "
+                "VALUES (%s, %s, %s, %s, %s::jsonb) "
+                "ON CONFLICT (action, request_id, target) DO NOTHING", rows)
+        return len(rows)
 
     def _provably_new(self, info: TableInfo, df: pl.DataFrame) -> bool:
         """Whether every window of ``df`` is newer than the table's stored mark.

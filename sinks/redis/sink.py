@@ -206,6 +206,12 @@ class RedisWriter:
         write_device_compliance(self.client, self.keys, df)
         SINK_ROWS.labels(sink="redis", table="device_compliance").inc(df.height)
 
+    def _write_usage_totals(self, df: pl.DataFrame) -> None:
+        from sinks.redis.usage import write_usage_totals
+
+        write_usage_totals(self.client, self.keys, df)
+        SINK_ROWS.labels(sink="redis", table="usage_totals").inc(df.height)
+
     def _write_gpu_health(self, df: pl.DataFrame) -> None:
         write_gpu_health(self.client, self.keys, df)
         SINK_ROWS.labels(sink="redis", table="gpu_cordoned").inc(df.height)
@@ -223,6 +229,7 @@ _HANDLERS: dict[str, Any] = {
     Out.WORKLOAD_EVENTS: RedisWriter._write_workload_events,
     Out.GPU_HEALTH: RedisWriter._write_gpu_health,
     Out.RESERVATIONS: RedisWriter._write_reservations,
+    Out.USAGE_TOTALS: RedisWriter._write_usage_totals,
 }
 
 

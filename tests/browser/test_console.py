@@ -175,3 +175,35 @@ def test_device_page_shows_windows_and_decisions(stack: Stack, errors: ConsoleEr
     expect(page.locator("table.windows")).to_contain_text(re.compile("mine|curtail"))
     assert errors.items == []
     ctx.close()
+
+
+def test_usage_page_charts_gpu_hours_and_charges_per_day(
+    stack: Stack, errors: ConsoleErrors
+) -> None:
+    import datetime as dt
+
+    import psycopg
+
+    from tests.support.apikit import make_key
+
+    dsn = stack.api.settings.pg
+    key = make_key(dsn, "customer", "usage-co")
+    first = dt.datetime.now(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for wid, day, gpu_s, charge in (("u1", 0, 7200.0, 4.0), ("u2", 1, 3600.0, 2.5)):
+            conn.execute(
+                "INSERT INTO usage_minutes VALUES (%s, %s, 'usage-co', 'site-01', 'H100-SXM',"
+                " 2, %s, 100.0, 0.01, 2.0, 2.0, %s, 4)",
+                (wid, first + dt.timedelta(days=day), gpu_s, charge))
+    ctx = stack.context(key)
+    page = errors.watch(ctx.new_page())
+    page.goto(f"{stack.api.url}/console/usage")
+    rows = page.locator("table.usage tr:has(td)")
+    expect(rows).to_have_count(3, timeout=10_000)  # two days and the total
+    expect(rows.nth(0)).to_contain_text(f"{first:%Y-%m-%d}")
+    expect(rows.nth(0)).to_contain_text("2")  # 7200 GPU-s = 2 GPU-hours
+    expect(page.locator("table.usage tr.total")).to_contain_text("6.5")
+    expect(page.locator(".usage-chart canvas")).to_be_visible()
+    assert page.locator("input[name=customer]").input_value() == "usage-co"
+    assert errors.items == []
+    ctx.close()

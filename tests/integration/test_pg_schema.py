@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from flows.metering import USAGE_SCHEMA
 from hcp import schemas
 from sinks.postgres.schema import (
     MIGRATIONS_DIR,
@@ -146,6 +147,7 @@ def test_plain_path_creates_every_table_view_and_brin_index(fresh_dsn: str) -> N
         "workload_events": "ts",
         "device_compliance": "window_end",
         "site_compliance": "window_end",
+        "usage_minutes": "minute",
     }
     assert versions == [
         (1, "tables", "common"),
@@ -154,6 +156,7 @@ def test_plain_path_creates_every_table_view_and_brin_index(fresh_dsn: str) -> N
         (4, "control_loop", "common"),
         (5, "api_keys", "common"),
         (6, "control_loop_time_layout", "postgres"),
+        (7, "customers", "postgres"),
     ]
     assert ext is None  # the Timescale branch was skipped, not half-run
 
@@ -184,6 +187,10 @@ def test_tables_follow_the_message_and_output_contracts(fresh_dsn: str) -> None:
         "workload_events": (
             _expected_columns(schemas.WORKLOAD_EVENT_SCHEMA, {"ts"}),
             ["workload_id", "ts", "to_state"],
+        ),
+        "usage_minutes": (
+            _expected_columns(USAGE_SCHEMA, {"minute"}),
+            ["workload_id", "minute"],
         ),
     }
     with psycopg.connect(fresh_dsn) as conn:
@@ -248,6 +255,7 @@ def test_timescale_plan_builds_hypertables_policies_and_continuous_aggregate() -
         "workload_events": "ts",
         "device_compliance": "window_end",
         "site_compliance": "window_end",
+        "usage_minutes": "minute",
     }
     compression = dict(
         re.findall(r"add_compression_policy\('(\w+)', compress_after => INTERVAL '([^']+)'", text)
@@ -276,6 +284,7 @@ def test_timescale_plan_builds_hypertables_policies_and_continuous_aggregate() -
         "workload_events": {"workload_id", "ts", "to_state"},
         "device_compliance": {"device_id", "window_end"},
         "site_compliance": {"site", "window_end"},
+        "usage_minutes": {"workload_id", "minute"},
     }
     for table, key in keys.items():
         found = re.search(
@@ -310,7 +319,7 @@ def test_plain_plan_has_no_timescale_calls_and_the_same_rollup_columns() -> None
         "timescaledb",
     ):
         assert fn not in text
-    assert sum("USING brin" in s for s in plain) == 8  # 6 of 0002, 2 of 0006
+    assert sum("USING brin" in s for s in plain) == 9  # 6 of 0002, 2 of 0006, 1 of 0007
 
     def rollup_columns(stmts: list[str]) -> list[str]:
         view = next(s for s in stmts if "VIEW" in s and "site_hourly_profit" in s)

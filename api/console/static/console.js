@@ -208,6 +208,60 @@ window.devicePage = (id) => ({
   },
 });
 
+// Usage: GET /api/v1/usage?by=day for one month, GPU-hours and charges on two axes.
+window.usagePage = (own) => ({
+  ...fmt,
+  customer: own,
+  fixed: own !== "",
+  month: new Date().toISOString().slice(0, 7),
+  days: [],
+  totals: {},
+  status: "",
+  chart: null,
+
+  start() {
+    const el = this.$refs.chart;
+    this.chart = new uPlot({
+      width: Math.max(el.clientWidth, 320),
+      height: 240,
+      scales: { x: { time: true }, h: {}, usd: {} },
+      series: [
+        {},
+        { label: "GPU-hours", scale: "h", stroke: palette(1), width: 1.5, points: { show: true } },
+        { label: "charge USD", scale: "usd", stroke: palette(2), width: 1.5, points: { show: true } },
+      ],
+      axes: [{}, { scale: "h", label: "GPU-hours", size: 70 },
+             { scale: "usd", side: 1, label: "USD", size: 70, grid: { show: false } }],
+    }, [[], [], []], el);
+    if (this.customer) this.load();
+  },
+
+  invoiceCsv() {
+    return `${API}/invoices/${encodeURIComponent(this.customer)}/${this.month}.csv`;
+  },
+
+  async load() {
+    const [y, m] = this.month.split("-").map(Number);
+    const from = new Date(Date.UTC(y, m - 1, 1)).toISOString();
+    const to = new Date(Date.UTC(y, m, 1)).toISOString();
+    const query = new URLSearchParams({ by: "day", from, to });
+    if (!this.fixed) query.set("customer", this.customer);
+    try {
+      const doc = await api(`/usage?${query}`);
+      this.days = doc.items;
+      this.totals = doc.totals;
+      this.status = doc.items.length ? "" : `No usage for ${this.customer} in ${this.month}.`;
+      this.chart.setData([
+        doc.items.map((d) => Date.parse(d.day + "T00:00:00Z") / 1000),
+        doc.items.map((d) => d.gpu_hours),
+        doc.items.map((d) => d.charge_usd),
+      ]);
+    } catch (e) {
+      this.status = e.message;
+    }
+  },
+});
+
 const EMPTY_FORM = { customer: "", kind: "", priority: "5", gpus: "1", mem_gb: "40", est_duration_s: "600", max_price_usd_hr: "" };
 const NUMBERS = new Set(["priority", "gpus", "mem_gb", "est_duration_s", "max_price_usd_hr"]);
 
