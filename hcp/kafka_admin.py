@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from hcp.errors import BrokerUnreachableError, HcpError
+from hcp.kafka_config import kafka_conf
 
 __all__ = ["check_broker", "end_offsets", "ensure_topics", "partition_counts", "topic_names"]
 
@@ -27,7 +28,7 @@ def _admin(bootstrap: str) -> AdminClient:
     # broker is reported once, by check_broker, in words that name the flag to change.
     return AdminClient(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka_conf(bootstrap),
             "socket.connection.setup.timeout.ms": 3000,
             "log_level": 0,
         }
@@ -126,7 +127,7 @@ def end_offsets(
     """
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka_conf(bootstrap),
             "group.id": f"hcp-eof-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

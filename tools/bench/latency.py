@@ -33,6 +33,7 @@ import numpy as np
 import redis
 
 from hcp.errors import HcpError
+from hcp.kafka_config import kafka_conf
 
 __all__ = [
     "LatencyResult",
@@ -422,7 +423,7 @@ def _delete_topics(bootstrap: str, prefix: str) -> None:
     from hcp.topics import Topics
 
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient(kafka_conf(bootstrap))
         futures = admin.delete_topics(Topics(prefix).all(), operation_timeout=10)
         for fut in futures.values():
             with contextlib.suppress(Exception):

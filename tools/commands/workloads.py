@@ -27,6 +27,7 @@ from confluent_kafka import KafkaException, Producer
 from hcp.config import env_arg, non_negative_int
 from hcp.errors import BrokerUnreachableError, ConfigError, SinkUnavailableError
 from hcp.kafka_admin import partition_counts
+from hcp.kafka_config import kafka_conf
 from hcp.settings import add_settings
 from hcp.topics import Topics
 from hcp.workload_requests import cancel_message, partition_for, request_key
@@ -99,7 +100,7 @@ def send_cancel(bootstrap: str, topic: str, workload_id: str, ts_ms: int) -> int
         msg = f"topic {topic} does not exist on {bootstrap}; check --topic-prefix"
         raise ConfigError(msg)
     part = partition_for(workload_id, parts)
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer({**kafka_conf(bootstrap), "enable.idempotence": True})
     try:
         producer.produce(topic, key=request_key(workload_id),
                          value=cancel_message(workload_id, ts_ms), partition=part)
