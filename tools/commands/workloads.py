@@ -28,6 +28,7 @@ from hcp.config import env_arg, non_negative_int
 from hcp.errors import BrokerUnreachableError, ConfigError, SinkUnavailableError
 from hcp.kafka_admin import partition_counts
 from hcp.kafka_config import kafka_conf
+from hcp.redis_client import redis_client, safe_url
 from hcp.settings import add_settings
 from hcp.topics import Topics
 from hcp.workload_requests import cancel_message, partition_for, request_key
@@ -194,11 +195,12 @@ def render(
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        client = redis.Redis.from_url(args.redis, socket_connect_timeout=3, socket_timeout=10)
+        client = redis_client(args.redis, socket_connect_timeout=3, socket_timeout=10)
         rows = fetch_workloads(client, args.redis_prefix)
         cordoned = fetch_cordoned(client, args.redis_prefix)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        msg = f"Redis at {args.redis} is unreachable ({exc}); set --redis or HCP_REDIS_URL"
+        where = safe_url(args.redis)
+        msg = f"Redis at {where} is unreachable ({exc}); set --redis or HCP_REDIS_URL"
         raise SinkUnavailableError(msg) from None
     render(rows, sys.stdout, args.limit, cordoned)
     return 0
@@ -207,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
 def _event_now(url: str, prefix: str) -> int | None:
     """The newest ``updated_ts`` of any workload hash, or None (no data, no Redis)."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+        client = redis_client(url, socket_connect_timeout=3, socket_timeout=10)
         rows = fetch_workloads(client, prefix)
     except (redis.RedisError, ValueError):
         return None
