@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,10 +129,13 @@ def _pg_bin(name: str) -> str:
 def private_pg(certs: Certs, where: Path, password_user: str, password: str) -> Iterator[int]:
     """A private PostgreSQL cluster with ``ssl = on``: ``hcp_cert`` logs in by client
     certificate, ``password_user`` by SCRAM password, both over TLS only."""
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_pg:
+        # pytest's tmp dirs are private to root; the server runs as postgres.
+        where = Path(tempfile.mkdtemp(prefix="hcp-tls-pg-"))
     where.mkdir(parents=True, exist_ok=True)
     data, sock = where / "data", where / "sock"
     sock.mkdir(exist_ok=True)
-    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_pg:
         shutil.chown(where, "postgres")
         shutil.chown(sock, "postgres")
@@ -165,6 +169,8 @@ def private_pg(certs: Certs, where: Path, password_user: str, password: str) -> 
     finally:
         subprocess.run([*as_pg, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
+        if as_pg:
+            shutil.rmtree(where, ignore_errors=True)
 
 
 @contextlib.contextmanager
