@@ -138,6 +138,7 @@ def test_kafka_wrong_ca_is_one_line(certs, kafka_port):
                f"localhost:{kafka_port}", "--topic-prefix", "tlsbad.", env=env)
     line = assert_one_line_failure(proc, 1)
     assert "unreachable" in line
+    assert "certificate verify failed" in line  # the reason, not only "transport failure"
 
 
 def test_unknown_kafka_property_is_a_config_error(certs):
@@ -155,10 +156,13 @@ def test_invalid_secret_value_is_redacted(certs):
 
 
 def test_redis_wrong_password_and_wrong_ca(certs, redis_port):
-    for url in (rediss(redis_port, certs.ca, password="not-" + REDIS_PASSWORD),
-                rediss(redis_port, certs.other_ca)):
+    cases = ((rediss(redis_port, certs.ca, password="not-" + REDIS_PASSWORD),
+              "invalid username-password pair"),
+             (rediss(redis_port, certs.other_ca), "CERTIFICATE_VERIFY_FAILED"))
+    for url, reason in cases:
         proc = hcp("recommendations", "--redis", url, "--redis-prefix", "tlsnone:")
         line = assert_one_line_failure(proc, 1, 2)
+        assert reason in line
         assert "not-" + REDIS_PASSWORD not in line
 
 
