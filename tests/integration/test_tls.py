@@ -217,6 +217,10 @@ def test_api_over_https(certs, redis_port, pg_port, kafka_port):
             except OSError:
                 time.sleep(0.2)
         assert health is not None, "the API never answered over HTTPS"
+        # Redis as the ACL user over TLS, PostgreSQL by certificate, Kafka through stunnel.
+        deps = health["dependencies"]
+        assert set(deps) == {"redis", "postgresql", "broker"}, health
+        assert all(d["ok"] for d in deps.values()), health
         metrics = _https_get(f"https://localhost:{port}/metrics", certs.ca).decode()
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
             _https_get(f"https://localhost:{port}/api/v1/health", certs.other_ca)
