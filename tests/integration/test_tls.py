@@ -27,9 +27,9 @@ from hcp.redis_client import redis_client
 from tests.support.tlskit import Certs, make_certs, private_pg, redis_tls, stunnel_kafka
 from tools.broker import free_port
 
-REDIS_USER, REDIS_PASSWORD = "hcp_job", "redis-Pw-7c1e"
-PG_USER, PG_PASSWORD = "hcp_pw", "pg-Pw-93ad"
-KAFKA_SECRET = "kafka-Pw-51f0"  # a sasl.password the TLS listener never asks for
+REDIS_USER, REDIS_PASSWORD = "hcp_job", "redisPw7c1e"  # no "-": help text wraps there
+PG_USER, PG_PASSWORD = "hcp_pw", "pgPw93ad"
+KAFKA_SECRET = "kafkaPw51f0"  # a sasl.password the TLS listener never asks for
 SECRETS = (REDIS_PASSWORD, PG_PASSWORD, KAFKA_SECRET)
 HCP = [sys.executable, "-m", "tools"]
 
@@ -242,12 +242,22 @@ def test_api_tls_mismatch_is_one_line(certs):
 
 
 def test_help_never_shows_a_secret(certs):
+    dsns = (f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1/x",
+            f"host=127.0.0.1 dbname=x user={PG_USER} password={PG_PASSWORD}")
+    for dsn in dsns:
+        help_without_secrets(certs, dsn)
+
+
+def help_without_secrets(certs: Certs, dsn: str) -> None:
     env = {"HCP_KAFKA_SASL_PASSWORD": KAFKA_SECRET,
            "HCP_REDIS_URL": rediss(6379, certs.ca),
-           "HCP_PG_DSN": f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1/x"}
-    for args in (["--help"], ["run", "--help"], ["api", "--help"], ["generate", "--help"],
-                 ["replay", "--help"]):
+           "HCP_PG_DSN": dsn}
+    for args in (["--help"], ["run", "--help"], ["api", "--help"], ["demo", "--help"],
+                 ["recommendations", "--help"]):
         out = hcp(*args, env=env)
-        assert out.returncode == 0
+        assert out.returncode == 0, out.stderr
+        text = "".join((out.stdout + out.stderr).split())  # undo argparse's line wrapping
+        if args != ["--help"]:
+            assert "***" in text  # the URL or DSN is shown, its password masked
         for secret in SECRETS:
-            assert secret not in out.stdout + out.stderr, (args, secret)
+            assert secret not in text, (args, secret)
