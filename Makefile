@@ -22,9 +22,10 @@ services:
 # tests, `promtool check metrics`), prometheus-alertmanager (amtool check-config),
 # iproute2 (`ip netns`: the cluster test whose two processes talk over a veth pair),
 # Chromium (the console's browser tests; Playwright cannot download browsers here) and npm
-# (the console's libraries). Installs only what is missing: a no-op on a machine that has them.
+# (the console's libraries), stunnel4 (Kafka over TLS in tests/integration/test_tls.py).
+# Installs only what is missing: a no-op on a machine that has them.
 SYSTEM_TOOLS := prometheus:prometheus promtool:prometheus amtool:prometheus-alertmanager \
-	ip:iproute2 chromium:chromium npm:npm
+	ip:iproute2 chromium:chromium npm:npm stunnel4:stunnel4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \

@@ -151,14 +151,38 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def tls_files(settings: ApiSettings) -> dict[str, str]:
+    """uvicorn's ``ssl_certfile``/``ssl_keyfile``, checked now so a bad pair is one line."""
+    if not settings.tls_cert and not settings.tls_key:
+        return {}
+    if not (settings.tls_cert and settings.tls_key):
+        msg = "--tls-cert and --tls-key (HCP_API_TLS_CERT / HCP_API_TLS_KEY) go together"
+        raise ConfigError(msg)
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert, settings.tls_key, password=lambda: b""
+        )
+    except OSError as exc:
+        reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        msg = (f"cannot serve HTTPS with --tls-cert {settings.tls_cert} and --tls-key "
+               f"{settings.tls_key}: {reason} (a missing file, not PEM, or a key that does "
+               "not match the certificate)")
+        raise ConfigError(msg) from None
+    return {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
+
+
 def serve(settings: ApiSettings, *, access_log: bool = False, ready: object = None) -> None:
     """Run the API in this process until interrupted."""
     import uvicorn
 
     from api.app import create_app
 
+    tls = tls_files(settings)
     config = uvicorn.Config(
         create_app(settings),
+        **tls,
         host=settings.host,
         port=settings.port,
         loop="uvloop",

@@ -15,6 +15,7 @@ import time
 from confluent_kafka import KafkaException, Producer
 
 from api.problems import ProblemError, unavailable
+from hcp.kafka_config import kafka_conf
 from hcp.workload_requests import partition_for, request_key
 
 __all__ = ["RequestProducer"]
@@ -38,7 +39,7 @@ class RequestProducer:
         self.timeout_s = timeout_s
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **kafka_conf(bootstrap),
                 "acks": "all",
                 "enable.idempotence": False,
                 "linger.ms": 1,

@@ -8,7 +8,6 @@ import logging
 import time
 from typing import Any
 
-import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,6 +22,7 @@ from api.producer import RequestProducer
 from api.ratelimit import RateLimiter
 from api.read_model import ReadModel, parse_prices
 from api.settings import ApiSettings
+from hcp.redis_client import async_redis_client
 from sinks.postgres.schema import redact_dsn
 from sinks.redis.layout import RedisKeys
 
@@ -49,7 +49,7 @@ class Services:
             "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
             "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         }
-        self.redis = aredis.Redis.from_url(
+        self.redis = async_redis_client(
             settings.redis,
             socket_timeout=t,
             socket_connect_timeout=t,
@@ -57,7 +57,7 @@ class Services:
             **retry,
         )
         # SSE readers block in XREAD: their own pool, so they never starve point reads.
-        self.redis_streams = aredis.Redis.from_url(
+        self.redis_streams = async_redis_client(
             settings.redis, socket_connect_timeout=t, socket_timeout=t + 5, **retry
         )
         self.pg = PgPool(settings.pg, size=settings.pg_pool, timeout_s=t)
@@ -66,7 +66,7 @@ class Services:
             settings.bootstrap, settings.topics.workloads, settings.produce_timeout_s
         )
         self.read_model = ReadModel(
-            aredis.Redis.from_url(
+            async_redis_client(
                 settings.redis, socket_timeout=t + 1, socket_connect_timeout=t, **retry
             ),
             self.keys_layout,

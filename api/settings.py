@@ -34,6 +34,8 @@ class ApiSettings:
     pg_pool: int = 4
     rate_per_s: float = 50.0
     rate_burst: int = 200
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @property
     def topics(self) -> Topics:
@@ -50,6 +52,10 @@ def add_api_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
     env_arg(group, "--host", env="HCP_API_HOST", default="127.0.0.1", help="address to listen on")
     env_arg(group, "--port", env="HCP_API_PORT", default=8080, type=int, help="port (0: any free)")
+    env_arg(group, "--tls-cert", env="HCP_API_TLS_CERT", metavar="PEM",
+            help="serve HTTPS with this certificate (chain) file; needs --tls-key")
+    env_arg(group, "--tls-key", env="HCP_API_TLS_KEY", metavar="PEM",
+            help="the private key of --tls-cert (unencrypted PEM)")
     add_settings(
         parser, "bootstrap", "redis", "pg", "redis_prefix", "topic_prefix", "hysteresis",
         "pool_fee",

@@ -21,6 +21,7 @@ from flows.settings import JobSettings, add_job_args
 from hcp.config import redis_url
 from hcp.errors import ConfigError
 from hcp.kafka_admin import check_broker, partition_counts, topic_names
+from hcp.redis_client import redis_client
 from hcp.shutdown import Shutdown
 
 __all__ = ["RunTotals", "register"]
@@ -134,7 +135,7 @@ def _check_redis(url: str) -> None:
     except argparse.ArgumentTypeError as exc:
         msg = f"--redis (HCP_REDIS_URL): {exc}"
         raise ConfigError(msg) from None
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    client = redis_client(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         client.ping()
     except redis.ResponseError as exc:

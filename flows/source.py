@@ -26,6 +26,7 @@ from flows.metrics import MetricsEndpoint
 from hcp.errors import ConfigError
 from hcp.frames import is_frame
 from hcp.kafka_admin import partition_counts
+from hcp.kafka_config import kafka_conf
 from hcp.schemas import ASIC_FIELDS, DLQ_SCHEMA, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, Field
 from hcp.shutdown import Shutdown
 
@@ -79,7 +80,7 @@ _IDLE_POLL_MAX_MS = 100
 def consumer_config(bootstrap: str) -> dict[str, object]:
     """Fetch tuning measured on the embedded broker: small waits, deep local queues."""
     return {
-        "bootstrap.servers": bootstrap,
+        **kafka_conf(bootstrap),
         "group.id": f"hcp-job-{uuid.uuid4().hex[:8]}",  # assign() only; never joins a group
         "enable.auto.commit": False,
         "enable.partition.eof": True,

@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from hcp.errors import HcpError
 from hcp.kafka_admin import ensure_topics
+from hcp.kafka_config import kafka_conf
 
 __all__ = ["BulkProducer", "DeliveryError", "create_topics"]
 
@@ -53,7 +54,7 @@ class BulkProducer:
         self.failed = 0
         self.first_error: str | None = None
         config = {
-            "bootstrap.servers": bootstrap,
+            **kafka_conf(bootstrap),
             **PRODUCER_DEFAULTS,
             **(overrides or {}),
             "on_delivery": self._on_delivery,

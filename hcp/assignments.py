@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from hcp.kafka_admin import partition_counts
+from hcp.kafka_config import kafka_conf
 
 __all__ = [
     "ACTIONS",
@@ -139,7 +140,7 @@ class AssignmentReader:
         parts = partition_counts(bootstrap, [topic], timeout_s).get(topic, 1)
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **kafka_conf(bootstrap),
                 "group.id": f"hcp-assign-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 20,

@@ -24,6 +24,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from hcp.kafka_admin import partition_counts
+from hcp.kafka_config import kafka_conf
 
 __all__ = [
     "COMMAND_ACTIONS",
@@ -87,7 +88,7 @@ class CommandReader:
         parts = partition_counts(bootstrap, [topic], timeout_s).get(topic, 1)
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **kafka_conf(bootstrap),
                 "group.id": f"hcp-cmd-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 20,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ __all__ = [
     "ENCODINGS",
     "env_arg",
     "env_flag",
+    "mask_secrets",
     "non_negative_float",
     "non_negative_int",
     "positive_int",
@@ -51,10 +53,23 @@ def env_arg(
         except (ValueError, argparse.ArgumentTypeError) as exc:
             msg = f"environment variable {env}={raw!r} is invalid: {exc}"
             raise ConfigError(msg) from exc
-    shown = "" if default is None else f" (default: {default})"
+    shown = "" if default is None else f" (default: {mask_secrets(str(default))})"
     parser.add_argument(
         *flags, default=default, type=type, help=f"{help}{shown} [env: {env}]", **kwargs
     )
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_KV_PASSWORD = re.compile(r"(\b(?:ssl)?password\s*=\s*)\S+", re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with URL passwords and ``password=`` values replaced by ``***``.
+
+    A default read from ``HCP_REDIS_URL`` or ``HCP_PG_DSN`` is shown in ``--help``; the
+    password it may carry must not be.
+    """
+    return _KV_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
 
 def env_flag(

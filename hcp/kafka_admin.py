@@ -14,42 +14,47 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from hcp.errors import BrokerUnreachableError, HcpError
+from hcp.kafka_config import kafka_conf, redact
 
 __all__ = ["check_broker", "end_offsets", "ensure_topics", "partition_counts", "topic_names"]
 
 log = logging.getLogger(__name__)
 
-_HINT = "set --bootstrap or HCP_KAFKA_BOOTSTRAP to a reachable broker"
+_HINT = ("set --bootstrap or HCP_KAFKA_BOOTSTRAP to a reachable broker; TLS and SASL "
+         "settings come from --kafka-config / HCP_KAFKA_* (docs/security.md)")
 
 
-def _admin(bootstrap: str) -> AdminClient:
+def _admin(bootstrap: str, errors: list[str] | None = None) -> AdminClient:
     # log_level 0 keeps librdkafka's per-retry connection errors off stderr: an unreachable
     # broker is reported once, by check_broker, in words that name the flag to change.
-    return AdminClient(
-        {
-            "bootstrap.servers": bootstrap,
-            "socket.connection.setup.timeout.ms": 3000,
-            "log_level": 0,
-        }
-    )
+    # ``errors`` collects the connection errors so that report can say why (a TLS handshake
+    # that fails on the CA, a SASL login refused) rather than only "transport failure".
+    conf = {**kafka_conf(bootstrap), "socket.connection.setup.timeout.ms": 3000, "log_level": 0}
+    if errors is not None:
+        conf["error_cb"] = lambda err: errors.append(err.str())
+    return AdminClient(conf)
+
+
+def _unreachable(bootstrap: str, exc: KafkaException, errors: list[str]) -> BrokerUnreachableError:
+    # The last connection error is the most specific; secrets a property holds are masked.
+    reason = redact(errors[-1] if errors else exc.args[0].str())
+    return BrokerUnreachableError(f"Kafka broker at {bootstrap} is unreachable ({reason}); {_HINT}")
 
 
 def check_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
     """Raise :class:`BrokerUnreachableError` within ``timeout_s`` if nobody answers."""
-    try:
-        _admin(bootstrap).list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        msg = f"Kafka broker at {bootstrap} is unreachable ({exc.args[0].str()}); {_HINT}"
-        raise BrokerUnreachableError(msg) from None
+    partition_counts(bootstrap, [], timeout_s)
 
 
 def partition_counts(bootstrap: str, topics: list[str], timeout_s: float = 5.0) -> dict[str, int]:
     """Partitions per existing topic; missing topics are left out."""
+    errors: list[str] = []
+    admin = _admin(bootstrap, errors)
     try:
-        meta = _admin(bootstrap).list_topics(timeout=timeout_s)
+        meta = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        msg = f"Kafka broker at {bootstrap} is unreachable ({exc.args[0].str()}); {_HINT}"
-        raise BrokerUnreachableError(msg) from None
+        admin.poll(0)  # serves error_cb with the connection errors seen so far
+        raise _unreachable(bootstrap, exc, errors) from None
     return {
         t: len(meta.topics[t].partitions)
         for t in topics
@@ -126,7 +131,7 @@ def end_offsets(
     """
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka_conf(bootstrap),
             "group.id": f"hcp-eof-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

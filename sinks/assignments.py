@@ -15,6 +15,7 @@ from confluent_kafka import KafkaException, Producer
 
 from hcp.assignments import produce_assignments
 from hcp.errors import BrokerUnreachableError
+from hcp.kafka_config import kafka_conf
 from hcp.tags import Out
 
 __all__ = ["AssignmentSink"]
@@ -28,7 +29,7 @@ class _AssignmentPartition(StatelessSinkPartition[Item]):
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._topic = topic
         self._producer = Producer(
-            {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False}
+            {**kafka_conf(bootstrap), "linger.ms": 5, "enable.idempotence": False}
         )
 
     def write_batch(self, items: list[Item]) -> None:

@@ -17,6 +17,7 @@ from confluent_kafka import KafkaException, Producer
 
 from hcp.commands import produce_commands
 from hcp.errors import BrokerUnreachableError
+from hcp.kafka_config import kafka_conf
 from hcp.tags import Out
 
 __all__ = ["CommandSink", "command_messages"]
@@ -40,7 +41,7 @@ class _CommandPartition(StatelessSinkPartition[Item]):
         # back instead of dropping it after 5 minutes; write_batch waits for that.
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **kafka_conf(bootstrap),
                 "linger.ms": 5,
                 "enable.idempotence": False,
                 "message.timeout.ms": 0,

@@ -26,6 +26,7 @@ import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from hcp.kafka_config import kafka_conf
 from hcp.tags import Out
 from sinks import metrics
 
@@ -38,7 +39,7 @@ class _DlqPartition(StatelessSinkPartition[tuple]):
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._topic = topic
         self._producer = Producer(
-            {"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": False}
+            {**kafka_conf(bootstrap), "linger.ms": 20, "enable.idempotence": False}
         )
         self._errors: list[KafkaError] = []
         self._written = _high_marks(bootstrap, topic)
@@ -110,7 +111,7 @@ def _high_marks(bootstrap: str, topic: str) -> dict[tuple[str, int], tuple[int, 
     """Highest source (offset, row) already dead-lettered, per source topic and partition."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka_conf(bootstrap),
             "group.id": f"hcp-dlq-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

@@ -22,6 +22,7 @@ from typing import NoReturn
 
 from hcp.config import env_arg
 from hcp.errors import ConfigError, HcpError
+from hcp.kafka_config import CONFIG_ENV, check_kafka_config
 
 __all__ = ["HcpArgumentParser", "build_parser", "describe_error", "main"]
 
@@ -99,6 +100,17 @@ def _add_log_level(parser: argparse.ArgumentParser, top: bool) -> None:
         )
 
 
+def _add_kafka_config(parser: argparse.ArgumentParser, top: bool) -> None:
+    # One declared setting for every Kafka client (hcp/kafka_config.py); docs/security.md.
+    text = ("librdkafka .properties file applied to every Kafka client (TLS, SASL ...); "
+            "HCP_KAFKA_<PROP> variables add or override properties, see docs/security.md")
+    if top:
+        env_arg(parser, "--kafka-config", env="HCP_KAFKA_CONFIG", metavar="FILE", help=text)
+    else:
+        parser.add_argument("--kafka-config", metavar="FILE", default=argparse.SUPPRESS,
+                            help=f"{text} [env: HCP_KAFKA_CONFIG]")
+
+
 def _subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     found = []
     for action in parser._actions:
@@ -119,12 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hcp {_package_version()}")
     _add_log_level(parser, top=True)
+    _add_kafka_config(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     for sub in _subcommand_parsers(parser):
         if "--log-level" not in sub._option_string_actions:
             _add_log_level(sub, top=False)
+        if "--kafka-config" not in sub._option_string_actions:
+            _add_kafka_config(sub, top=False)
     return parser
 
 
@@ -189,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.kafka_config:
+            # Through the environment, so Bytewax processes started by `hcp run` see it too.
+            os.environ[CONFIG_ENV] = args.kafka_config
+        check_kafka_config()
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code

@@ -29,6 +29,7 @@ from generators.scenario import load_scenario
 from generators.simulation import SimConfig
 from hcp.config import env_arg
 from hcp.errors import HcpError, SinkUnavailableError
+from hcp.redis_client import redis_client, safe_url
 from hcp.settings import add_settings, default
 from hcp.topics import Topics
 from tools.broker import EmbeddedBroker, free_port
@@ -82,11 +83,12 @@ def _broker(bootstrap: str | None) -> Iterator[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    client = redis.Redis.from_url(args.redis, decode_responses=True)
+    client = redis_client(args.redis, decode_responses=True)
     try:
         client.ping()
     except redis.RedisError as exc:
-        msg = f"Redis at {args.redis} is unreachable ({exc}); set --redis or HCP_REDIS_URL"
+        where = safe_url(args.redis)
+        msg = f"Redis at {where} is unreachable ({exc}); set --redis or HCP_REDIS_URL"
         raise SinkUnavailableError(msg) from None
     from sinks.postgres.schema import apply_migrations, ensure_database
 

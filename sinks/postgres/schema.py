@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import conninfo, sql
@@ -93,12 +93,18 @@ def redact_dsn(dsn: str) -> str:
         if parts.port:
             host = f"{host}:{parts.port}"
         user = f"{parts.username}@" if parts.username else ""
-        return urlunsplit((parts.scheme, f"{user}{host}", parts.path, parts.query, ""))
+        # libpq also takes password= (and sslpassword=) as query parameters.
+        query = "&".join(
+            f"{k}={v}" for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            if k not in ("password", "sslpassword")
+        )
+        return urlunsplit((parts.scheme, f"{user}{host}", parts.path, query, ""))
     try:
         params = conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "<unparsable DSN>"
     params.pop("password", None)
+    params.pop("sslpassword", None)
     return conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
 
 

@@ -38,6 +38,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from hcp.errors import ConfigError, SinkUnavailableError
+from hcp.redis_client import redis_client, safe_url
 from hcp.shutdown import Shutdown
 from hcp.tags import Out
 from sinks.metrics import (
@@ -109,7 +110,7 @@ class RedisWriter:
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.give_up_after_s = give_up_after_s
-        self.client = redis.Redis.from_url(
+        self.client = redis_client(
             url,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=min(socket_timeout_s, 5.0),
@@ -137,7 +138,8 @@ class RedisWriter:
             except _RETRYABLE as exc:
                 problem = config_problem(exc)
                 if problem is not None:
-                    msg = f"Redis at {self.url} refused the connection: {problem}; check --redis"
+                    where = safe_url(self.url)
+                    msg = f"Redis at {where} refused the connection: {problem}; check --redis"
                     raise ConfigError(msg) from None
                 if self._cache is not None:
                     self._cache.clear()
@@ -151,10 +153,11 @@ class RedisWriter:
                         self.url, type(exc).__name__, exc,
                     )
                 if self.give_up_after_s is not None and now - started > self.give_up_after_s:
-                    msg = f"Redis at {self.url} unavailable for {now - started:.1f} s: {exc}"
+                    where = safe_url(self.url)
+                    msg = f"Redis at {where} unavailable for {now - started:.1f} s: {exc}"
                     raise SinkUnavailableError(msg) from exc
                 if self.shutdown.wait(delay):
-                    msg = (f"stopped while Redis at {self.url} was unavailable ({exc}); "
+                    msg = (f"stopped while Redis at {safe_url(self.url)} was unavailable ({exc}); "
                            "the held batch was not written")
                     raise SinkUnavailableError(msg) from None
                 delay = min(delay * 2, self.backoff_max_s)

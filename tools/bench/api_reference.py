@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 
-import redis.asyncio as aredis
 from fastapi import FastAPI, HTTPException
 
+from hcp.redis_client import async_redis_client
+
 app = FastAPI()
-_client = aredis.Redis.from_url(
+_client = async_redis_client(
     os.environ.get("HCP_REDIS_URL", "redis://127.0.0.1:6379/0"), decode_responses=True
 )
 _prefix = os.environ.get("HCP_REDIS_PREFIX", "hcp:")

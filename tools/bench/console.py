@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 
 from api.keys import create_key
 from hcp.config import positive_int
 from hcp.errors import ConfigError
 from hcp.kafka_admin import ensure_topics
+from hcp.redis_client import redis_client
 from hcp.settings import add_settings
 from hcp.topics import Topics
 from sinks.postgres.schema import apply_migrations
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if api is not None and api.poll() is None:
             api.terminate()
             api.wait(15)
-        client = redis.Redis.from_url(args.redis)
+        client = redis_client(args.redis)
         keys = list(client.scan_iter(f"{prefix}*", count=10_000))
         for i in range(0, len(keys), 1000):
             client.delete(*keys[i : i + 1000])

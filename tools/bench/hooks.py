@@ -27,6 +27,7 @@ import psycopg
 from psycopg import conninfo, sql
 
 from hcp.errors import HcpError
+from hcp.redis_client import redis_client
 from hcp.topics import Topics
 from tools.bench.report import run_measured
 
@@ -109,9 +110,8 @@ def fresh_database(dsn: str, label: str = "bench") -> Iterator[str]:
 
 def delete_redis_prefix(redis_url: str, prefix: str) -> int:
     """Delete every key under ``prefix`` (never the whole database); returns how many."""
-    import redis
 
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     n = 0
     batch: list[bytes] = []
     for key in client.scan_iter(match=f"{prefix}*", count=10_000):

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 import numpy as np
-import redis
 
 from hcp.errors import HcpError
+from hcp.kafka_config import kafka_conf
+from hcp.redis_client import redis_client
 
 __all__ = [
     "LatencyResult",
@@ -97,7 +98,7 @@ class RecommendationWatcher:
     """
 
     def __init__(self, redis_url: str, stream: str, clock: SimClock, batch: int = 50_000) -> None:
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = redis_client(redis_url)
         self.stream = stream
         self.clock = clock
         self.batch = batch
@@ -212,7 +213,7 @@ class StreamProgressWatcher:
     """
 
     def __init__(self, redis_url: str, stream: str, interval_s: float = 0.01) -> None:
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = redis_client(redis_url)
         self.stream = stream
         self.interval_s = interval_s
         # (wall time seen, window_end, entries of that window that became readable)
@@ -422,7 +423,7 @@ def _delete_topics(bootstrap: str, prefix: str) -> None:
     from hcp.topics import Topics
 
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient(kafka_conf(bootstrap))
         futures = admin.delete_topics(Topics(prefix).all(), operation_timeout=10)
         for fut in futures.values():
             with contextlib.suppress(Exception):

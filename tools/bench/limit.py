@@ -26,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from hcp.errors import ConfigError, HcpError
 from hcp.kafka_admin import partition_counts, split_fetch
+from hcp.kafka_config import kafka_conf
 from hcp.schemas import ASIC_FIELDS, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, polars_schema
 from hcp.topics import Topics
 
@@ -187,7 +188,7 @@ def measure_limit(
         msg = f"topics not found on {bootstrap}: {', '.join(missing)}"
         raise ConfigError(msg)
     conf = {
-        "bootstrap.servers": bootstrap,
+        **kafka_conf(bootstrap),
         "group.id": f"hcp-limit-{uuid.uuid4().hex}",
         **LIMIT_CONSUMER_CONFIG,
         **(config or {}),

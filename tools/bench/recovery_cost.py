@@ -17,10 +17,10 @@ import time
 import uuid
 
 import psycopg
-import redis
 
 from generators.run import generate
 from generators.simulation import SimConfig
+from hcp.redis_client import redis_client
 from hcp.settings import default
 from hcp.topics import Topics
 from tools.broker import EmbeddedBroker
@@ -59,7 +59,7 @@ def _run(bootstrap: str, topics: Topics, extra: list[str]) -> tuple[int, float]:
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        client = redis.Redis.from_url(default("redis"))
+        client = redis_client(default("redis"))
         keys = list(client.scan_iter(f"{prefix}*", count=10_000))
         for i in range(0, len(keys), 1000):
             client.delete(*keys[i : i + 1000])

@@ -30,6 +30,7 @@ import redis
 from hcp.config import env_arg
 from hcp.errors import ConfigError, HcpError
 from hcp.extras import require
+from hcp.redis_client import redis_client
 from tools.bench.latency import (
     SimClock,
     StreamProgressWatcher,
@@ -235,7 +236,7 @@ def run_soak(args: argparse.Namespace) -> SoakResult:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     broker = EmbeddedBroker() if args.broker == "embedded" else None
     bootstrap = broker.__enter__().bootstrap if broker else args.bootstrap
-    client = redis.Redis.from_url(args.redis)
+    client = redis_client(args.redis)
     try:
         with fresh_database(args.pg, "soak") as dsn, log_path.open("w") as log_to:
             job = subprocess.Popen([

@@ -17,6 +17,7 @@ import redis
 
 from hcp.config import env_arg, env_flag, non_negative_float, non_negative_int
 from hcp.errors import SinkUnavailableError
+from hcp.redis_client import redis_client, safe_url
 from hcp.schemas import REC_SCHEMA
 from hcp.settings import add_settings
 from sinks.redis.layout import RedisKeys
@@ -125,7 +126,7 @@ def _sort_key(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    client = redis.Redis.from_url(
+    client = redis_client(
         args.redis,
         socket_connect_timeout=args.timeout or None,
         socket_timeout=30,
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         recs = load_recommendations(client, keys)
         summaries = load_summaries(client, keys)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        msg = f"cannot reach Redis at {args.redis} ({exc}); set --redis or HCP_REDIS_URL"
+        msg = f"cannot reach Redis at {safe_url(args.redis)} ({exc}); set --redis or HCP_REDIS_URL"
         raise SinkUnavailableError(msg) from exc
     finally:
         client.close()

@@ -28,6 +28,8 @@ from confluent_kafka import KafkaException, Producer
 from hcp.config import env_arg, non_negative_int
 from hcp.errors import BrokerUnreachableError, ConfigError, SinkUnavailableError
 from hcp.kafka_admin import partition_counts
+from hcp.kafka_config import kafka_conf
+from hcp.redis_client import redis_client, safe_url
 from hcp.settings import add_settings
 from hcp.topics import Topics
 from hcp.workload_requests import cancel_message, partition_for, request_key
@@ -100,7 +102,7 @@ def send_cancel(bootstrap: str, topic: str, workload_id: str, ts_ms: int) -> int
         msg = f"topic {topic} does not exist on {bootstrap}; check --topic-prefix"
         raise ConfigError(msg)
     part = partition_for(workload_id, parts)
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer({**kafka_conf(bootstrap), "enable.idempotence": True})
     try:
         producer.produce(topic, key=request_key(workload_id),
                          value=cancel_message(workload_id, ts_ms), partition=part)
@@ -202,11 +204,12 @@ def render(
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        client = redis.Redis.from_url(args.redis, socket_connect_timeout=3, socket_timeout=10)
+        client = redis_client(args.redis, socket_connect_timeout=3, socket_timeout=10)
         rows = fetch_workloads(client, args.redis_prefix)
         cordoned = fetch_cordoned(client, args.redis_prefix)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        msg = f"Redis at {args.redis} is unreachable ({exc}); set --redis or HCP_REDIS_URL"
+        where = safe_url(args.redis)
+        msg = f"Redis at {where} is unreachable ({exc}); set --redis or HCP_REDIS_URL"
         raise SinkUnavailableError(msg) from None
     render(rows, sys.stdout, args.limit, cordoned)
     return 0
@@ -215,7 +218,7 @@ def _run(args: argparse.Namespace) -> int:
 def _event_now(url: str, prefix: str) -> int | None:
     """The newest ``updated_ts`` of any workload hash, or None (no data, no Redis)."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+        client = redis_client(url, socket_connect_timeout=3, socket_timeout=10)
         rows = fetch_workloads(client, prefix)
     except (redis.RedisError, ValueError):
         return None

@@ -32,6 +32,7 @@ from confluent_kafka import (
 
 from hcp.errors import ConfigError, HcpError
 from hcp.kafka_admin import ensure_topics, partition_counts, split_fetch
+from hcp.kafka_config import kafka_conf
 
 __all__ = [
     "FORMAT",
@@ -100,7 +101,7 @@ class ReplayStats:
 
 def _reader_config(bootstrap: str) -> dict[str, object]:
     return {
-        "bootstrap.servers": bootstrap,
+        **kafka_conf(bootstrap),
         "group.id": f"hcp-record-{uuid.uuid4().hex}",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
@@ -382,7 +383,7 @@ def create_topics(bootstrap: str, wanted: dict[str, int], timeout_s: float = 15.
 
 def _producer_config(bootstrap: str) -> dict[str, object]:
     return {
-        "bootstrap.servers": bootstrap,
+        **kafka_conf(bootstrap),
         "linger.ms": 5,
         "batch.num.messages": 10_000,
         "batch.size": 1_000_000,
