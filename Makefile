@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-fault test-browser lint bench bench-quick bench-frames bench-gen \
+.PHONY: demo test test-fast test-fault test-browser lint bench bench-quick bench-frames bench-gen timescaledb \
 	bench-api services system-deps console-assets dashboards bench-cluster clean
 
 $(STAMP): pyproject.toml
@@ -54,15 +54,26 @@ console-assets: system-deps $(CONSOLE)/node_modules/.package-lock.json
 demo: $(STAMP) services console-assets
 	$(BIN)/hcp demo
 
-test: $(STAMP) services system-deps console-assets
+# TimescaleDB 2.17.2 from ../shared/vendor, built once per machine into a private copy of
+# PostgreSQL 15 (the system server on 5432 is left as it is), and its own cluster on 5433.
+TSDB_PORT ?= 5433
+timescaledb:
+	HCP_TSDB_PORT=$(TSDB_PORT) bash deploy/timescaledb.sh start
+
+# Everything on the plain PostgreSQL server, then the PostgreSQL test set (marker `pg`) again
+# on TimescaleDB; each pass checks its server is the flavour it claims.
+test: $(STAMP) services system-deps console-assets timescaledb
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not timescaledb"
+	HCP_TEST_PG_FLAVOUR=timescaledb \
+	  HCP_TEST_PG_ADMIN_DSN=postgresql://postgres@127.0.0.1:$(TSDB_PORT)/postgres \
+	  $(BIN)/python -m pytest -q -m "pg and not plain_pg"
 
 test-browser: $(STAMP) services system-deps console-assets
 	$(BIN)/python -m pytest -q -m browser
 
 test-fast: $(STAMP) services system-deps console-assets
-	$(BIN)/python -m pytest -q -m "not fault and not slow and not browser"
+	$(BIN)/python -m pytest -q -m "not fault and not slow and not browser and not timescaledb"
 
 test-fault: $(STAMP) services system-deps
 	$(BIN)/python -m pytest -q -m fault

@@ -20,6 +20,13 @@ from tools.broker import EmbeddedBroker
 
 REDIS_URL = os.environ.get("HCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PG_ADMIN_DSN = os.environ.get("HCP_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+# Which PostgreSQL the tests run against: `plain` (the system server, no TimescaleDB) or
+# `timescaledb` (the private cluster of deploy/timescaledb.sh, which preloads it). `make
+# test` runs the PostgreSQL tests (marker `pg`) once on each; the session checks the server
+# really is that flavour, so a mix-up cannot pass for coverage.
+PG_FLAVOUR = os.environ.get("HCP_TEST_PG_FLAVOUR", "plain")
+# The migration path `apply_migrations` must take on this flavour's server.
+PG_PATH = "timescaledb" if PG_FLAVOUR == "timescaledb" else "postgres"
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +70,20 @@ def new_database(label: str = "test") -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pg_flavour_is_what_it_says() -> None:
+    if PG_FLAVOUR not in ("plain", "timescaledb"):
+        pytest.exit(f"HCP_TEST_PG_FLAVOUR must be plain or timescaledb, not {PG_FLAVOUR!r}")
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=5) as conn:
+            preload = conn.execute("SHOW shared_preload_libraries").fetchone()[0]
+    except psycopg.Error:
+        return  # tests that need PostgreSQL fail on their own, with their own message
+    if ("timescaledb" in preload) != (PG_FLAVOUR == "timescaledb"):
+        pytest.exit(f"HCP_TEST_PG_FLAVOUR={PG_FLAVOUR} but {PG_ADMIN_DSN} preloads "
+                    f"{preload!r}", returncode=2)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,8 @@ from hcp.topics import Topics
 from tests.support.apikit import LiveApi, make_key, sse_events, wait_for
 from tests.support.flowkit import asic_msg, price_msg, produce
 
+pytestmark = pytest.mark.pg
+
 PARTS = 2
 SITES = ("north", "south")
 

@@ -22,6 +22,8 @@ from hcp.kafka_admin import ensure_topics
 from hcp.topics import Topics
 from tests.support.apikit import LiveApi, make_key
 
+pytestmark = pytest.mark.pg
+
 HCP = str(Path(sys.executable).with_name("hcp"))
 DAY1 = datetime(2026, 1, 5, tzinfo=UTC)
 DAY2 = datetime(2026, 1, 6, tzinfo=UTC)

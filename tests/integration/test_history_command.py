@@ -16,8 +16,11 @@ import pytest
 from hcp.errors import ConfigError, SinkUnavailableError
 from sinks.postgres.schema import SchemaMissingError
 from sinks.postgres.writer import PgWriter
+from tests.conftest import PG_PATH
 from tools.commands import db as db_command
 from tools.commands import history as history_command
+
+pytestmark = pytest.mark.pg
 
 HOUR = 3_600_000
 END = 1_764_000_000_000 // HOUR * HOUR  # newest window end in the data
@@ -76,7 +79,7 @@ def make_recs(n: int = 3_000, seed: int = 3) -> pl.DataFrame:
 @pytest.fixture()
 def history_db(empty_db: str, capsys) -> tuple[str, pl.DataFrame]:
     assert run("db", "init", "--pg", empty_db) == 0
-    assert "postgres path" in capsys.readouterr().out
+    assert f"{PG_PATH} path" in capsys.readouterr().out
     recs = make_recs()
     with psycopg.connect(empty_db, autocommit=True) as conn:
         PgWriter(conn).write({"recommendations": recs})
@@ -172,12 +175,12 @@ def test_db_init_creates_a_missing_database_and_is_idempotent(pg_dsn: str, capsy
         assert run("db", "init", "--pg", dsn) == 0
         out = capsys.readouterr().out
         assert out.count("created database") == 1
-        assert out.count("postgres path") == 2
+        assert out.count(f"{PG_PATH} path") == 2
         with psycopg.connect(dsn) as conn:
             rows = conn.execute("SELECT version, path FROM schema_migrations ORDER BY 1")
             assert rows.fetchall() == [
-                (1, "common"), (2, "postgres"), (3, "common"), (4, "common"), (5, "common"),
-                (6, "postgres"),
+                (1, "common"), (2, PG_PATH), (3, "common"), (4, "common"), (5, "common"),
+                (6, PG_PATH), (7, PG_PATH),
             ]
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as admin:

@@ -24,7 +24,7 @@ from tests.support.cleanup import delete_prefixes
 from tests.support.faultkit import Job, job_args, kill_at, produce_many, scratch_databases
 from tests.support.flowkit import T0, gpu_msg, make_topics, price_msg
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pg]
 
 MINUTE = 60_000
 EXPECTED = {  # minute offset -> (gpu_seconds, charge_usd)

@@ -17,6 +17,8 @@ from tests.conftest import new_database
 from tests.integration.test_pg_sink import _batches, expected, read_back
 from tests.support.faults import InjectedFaultError
 
+pytestmark = pytest.mark.pg
+
 TABLES = ("device_windows", "recommendations")
 
 

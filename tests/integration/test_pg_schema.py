@@ -19,12 +19,14 @@ from flows.metering import USAGE_SCHEMA
 from hcp import schemas
 from sinks.postgres.schema import (
     MIGRATIONS_DIR,
-    PATH_POSTGRES,
     apply_migrations,
     plan_migrations,
     redact_dsn,
     split_statements,
 )
+from tests.conftest import PG_PATH
+
+pytestmark = pytest.mark.pg
 
 
 @pytest.fixture()
@@ -91,10 +93,11 @@ def _expected_columns(schema: dict, time_columns: set[str]) -> dict[str, str]:
     return out
 
 
+@pytest.mark.plain_pg
 def test_plain_path_creates_every_table_view_and_brin_index(fresh_dsn: str) -> None:
     if _timescale_on_server(fresh_dsn):
         pytest.fail("this test expects a server without timescaledb (the plain path)")
-    assert apply_migrations(fresh_dsn) == PATH_POSTGRES
+    assert apply_migrations(fresh_dsn) == PG_PATH
     with psycopg.connect(fresh_dsn) as conn:
         kinds = dict(
             conn.execute(
@@ -204,7 +207,7 @@ def test_applying_twice_is_a_no_op(fresh_dsn: str) -> None:
     with psycopg.connect(fresh_dsn) as conn:
         before = _catalog_snapshot(conn)
         applied = conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall()
-    assert apply_migrations(fresh_dsn) == PATH_POSTGRES
+    assert apply_migrations(fresh_dsn) == PG_PATH
     with psycopg.connect(fresh_dsn) as conn:
         assert _catalog_snapshot(conn) == before  # same objects, same oids: nothing recreated
         assert conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall() == (
@@ -230,7 +233,7 @@ def test_concurrent_appliers_apply_each_version_once(fresh_dsn: str) -> None:
     for t in threads:
         t.join(timeout=30)
     assert errors == []
-    assert results == [PATH_POSTGRES] * 4
+    assert results == [PG_PATH] * 4
     with psycopg.connect(fresh_dsn) as conn:
         rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
     on_disk = sorted({int(f.name[:4]) for f in MIGRATIONS_DIR.glob("*.sql")})

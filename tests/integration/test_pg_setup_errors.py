@@ -19,6 +19,8 @@ import pytest
 from sinks.postgres.schema import PATH_POSTGRES, apply_migrations
 from tools.cli import main
 
+pytestmark = pytest.mark.pg
+
 _KILL_ON_CREATE_EXTENSION = """
 CREATE FUNCTION hcp_test_kill_me() RETURNS event_trigger LANGUAGE plpgsql AS $$
 BEGIN

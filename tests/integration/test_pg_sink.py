@@ -28,6 +28,8 @@ from sinks.postgres.writer import PgWriter
 from tests.conftest import new_database
 from tests.support.faults import InjectedFaultError, fail_once_before_commit
 
+pytestmark = pytest.mark.pg
+
 T0 = 1_764_000_000_000
 TIME_COLUMNS = {
     "gpu_metrics": ("ts",),
@@ -355,7 +357,8 @@ class _Proxy:
 
 def test_outage_holds_the_batch_logs_once_and_recovers(db: str, caplog) -> None:
     port = _free_port()
-    proxied = db.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+    server = db.split("@", 1)[1].split("/", 1)[0]  # host:port of the test server
+    proxied = db.replace(server, f"127.0.0.1:{port}")
     assert proxied != db
     windows = random_frame("device_windows", 200, seed=9)
     errors = SINK_ERRORS.labels(sink="postgres")._value.get()
@@ -364,7 +367,7 @@ def test_outage_holds_the_batch_logs_once_and_recovers(db: str, caplog) -> None:
     part = PostgresSink(proxied, backoff_min_s=0.05, backoff_max_s=0.3).build("pg", 0, 1)
     writer = threading.Thread(target=part.write_batch, args=([("windows", windows)],))
     writer.start()
-    proxy = _Proxy(port, ("127.0.0.1", 5432))
+    proxy = _Proxy(port, ("127.0.0.1", int(server.rsplit(":", 1)[1])))
     try:
         time.sleep(1.5)
         assert writer.is_alive()  # still holding the batch: backpressure, not a drop
