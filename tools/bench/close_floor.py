@@ -43,6 +43,7 @@ import redis
 from psycopg import sql
 
 from hcp.config import positive_int
+from hcp.redis_client import redis_client
 from hcp.schemas import WINDOW_SCHEMA
 from hcp.settings import add_settings
 from sinks.overlap import OverlappedSinks
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(1, args.windows):
         windows.append(next_window(windows[-1], seed=i))
     device_windows = [window_rows_for(w, seed=i) for i, w in enumerate(windows)]
-    client = redis.Redis.from_url(args.redis)
+    client = redis_client(args.redis)
     rec_prefix, hcp_prefix, floor_prefix = _prefix(), _prefix(), _prefix()
     load = os.getloadavg()
     print(f"devices={args.devices} windows={args.windows} "
