@@ -39,6 +39,7 @@ SUBCOMMAND_MODULES = [
     "tools.commands.broker",
     "tools.bench.command",
     "tools.backtest.command",
+    "tools.commands.collect",
 ]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
