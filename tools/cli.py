@@ -40,6 +40,7 @@ SUBCOMMAND_MODULES = [
     "tools.bench.command",
     "tools.backtest.command",
     "tools.commands.collect",
+    "tools.commands.agent",
 ]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -14,8 +14,8 @@ from hcp.commands import produce_commands
 from hcp.fleet.agent import Agent, RateLimit, results_topic
 from hcp.fleet.inventory import load_inventory
 from hcp.topics import Topics
-from tests.support.flowkit import make_topics
 from tests.support.fleetkit import read_topic
+from tests.support.flowkit import make_topics
 
 
 @pytest.fixture()
