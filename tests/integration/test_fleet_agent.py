@@ -119,3 +119,29 @@ def test_agent_applies_once_and_reports(fleet: SimFleet, tmp_path: Path, bootstr
     assert (miners[2].miner_id, "failed", "device_reset") in reasons
     assert ("nope", "failed", "unknown_device") in reasons
     assert (miners[0].miner_id, "applied", None) in reasons
+
+
+def test_agent_curtail_is_seen_by_the_collector(
+    fleet: SimFleet, tmp_path: Path, bootstrap: str
+) -> None:
+    import asyncio
+
+    from hcp.fleet.collect import Collector
+
+    topics = Topics(f"t{uuid.uuid4().hex[:8]}.")
+    make_topics(bootstrap, topics, partitions=1)
+    miners = fleet.add_miners(4, ramp_s=0.2)
+    fleet.write_inventory(tmp_path / "inv.csv")
+    devices = load_inventory(tmp_path / "inv.csv")
+    collector = Collector(devices, timeout=0.5)
+    before = asyncio.run(collector.poll_round())
+    _send(bootstrap, topics.commands, [_cmd(m.miner_id, "curtail") for m in miners[:2]])
+    agent = Agent(bootstrap, topics, "site-a", devices, group="e2e")
+    _drain(agent)
+    agent.close()
+    after = asyncio.run(collector.poll_round())
+    site_before = sum(r["power_w"] for r in before.asic)
+    site_after = sum(r["power_w"] for r in after.asic)
+    assert [r["state"] for r in after.asic] == ["curtailed", "curtailed", "mining", "mining"]
+    # Half the miners asleep: the site draws about half (idle draw stays).
+    assert site_after == pytest.approx(site_before / 2 + 2 * 15.0, rel=0.01)
