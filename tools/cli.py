@@ -41,6 +41,8 @@ SUBCOMMAND_MODULES = [
     "tools.commands.broker",
     "tools.bench.command",
     "tools.backtest.command",
+    "tools.commands.collect",
+    "tools.commands.agent",
 ]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -1,0 +1,1 @@
+"""Site-side fleet tools: the device protocol client, the inventory and the collector."""
