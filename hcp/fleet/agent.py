@@ -33,6 +33,7 @@ from hcp.commands import decode_command
 from hcp.fleet.cgminer import DeviceError, request
 from hcp.fleet.inventory import Device
 from hcp.kafka_admin import ensure_topics, partition_counts
+from hcp.kafka_config import kafka_conf
 from hcp.schemas import SCHEMA_VERSION
 from hcp.topics import Topics
 
@@ -95,14 +96,11 @@ class Agent:
         self.topic = topics.commands
         self.results = results_topic(topics)
         ensure_topics(bootstrap, [self.results], 1)
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group or f"hcp-agent-{site}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
-        )
+        self._consumer = Consumer(kafka_conf(bootstrap, {
+            "group.id": group or f"hcp-agent-{site}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }))
         parts = partition_counts(bootstrap, [self.topic]).get(self.topic, 1)
         tps = [TopicPartition(self.topic, p) for p in range(parts)]
         committed = self._consumer.committed(tps, timeout=10)
@@ -114,7 +112,7 @@ class Agent:
                 for tp in committed
             ]
         )
-        self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        self._producer = Producer(kafka_conf(bootstrap, {"enable.idempotence": True}))
         self.counts: dict[str, int] = {}
 
     # -- device side ----------------------------------------------------------------

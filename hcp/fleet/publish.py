@@ -9,6 +9,7 @@ import polars as pl
 from confluent_kafka import Producer
 
 from hcp.frames import FRAME_HEADERS, encode_frames, frame_schema
+from hcp.kafka_config import kafka_conf
 from hcp.schemas import ASIC_FIELDS, GPU_FIELDS, SCHEMA_VERSION, polars_schema
 from hcp.topics import Topics
 
@@ -22,14 +23,11 @@ class RoundPublisher:
         self.topics = topics
         self.encoding = encoding
         self.failed = 0
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "linger.ms": 20,
-                "compression.type": "lz4",
-                "enable.idempotence": True,
-            }
-        )
+        self._producer = Producer(kafka_conf(bootstrap, {
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+        }))
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
