@@ -26,11 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     env_arg(
         parser,
         "--inventory",
-        env="HCP_INVENTORY",
+        env="HCP_AGENT_INVENTORY",
         type=Path,
         help="inventory file (.csv, .yaml, .toml; docs/fleet.md)",
     )
-    env_arg(parser, "--site", env="HCP_SITE", help="the site whose commands this agent applies")
+    env_arg(parser, "--site", env="HCP_AGENT_SITE",
+            help="the site whose commands this agent applies")
     env_flag(
         parser,
         "--dry-run",
@@ -62,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     from hcp.topics import Topics
 
     if args.inventory is None or not args.site:
-        raise ConfigError("--inventory and --site are required (or HCP_INVENTORY, HCP_SITE)")
+        raise ConfigError(
+            "--inventory and --site are required (or HCP_AGENT_INVENTORY, HCP_AGENT_SITE)"
+        )
     devices = load_inventory(args.inventory, args.site)
     agent = Agent(
         args.bootstrap,
