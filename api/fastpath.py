@@ -3,11 +3,12 @@
 Point reads are the API's busiest request, and once the answer is bytes in the read
 model, FastAPI's routing, dependency injection and validation cost several times more
 than the lookup itself. This ASGI middleware answers the common case directly: a GET of
-a device the read model has, with an admin key that is in the key cache and a read model
-that is fresh enough. Everything else (no or unknown key, a customer key, an unknown
-device, a stale or loading read model, anything odd in the path) goes on to the routed
-handler, which has the same semantics and gives the 401/403/404/503 answers, so the two
-cannot disagree on who may read what. The request is counted in the same metrics.
+a device the read model has, with an admin key that is in the key cache and within its
+rate limit, and a read model that is fresh enough. Everything else (no or unknown key, a
+customer key, an empty rate bucket, an unknown device, a stale or loading read model,
+anything odd in the path) goes on to the routed handler, which has the same semantics and
+gives the 401/403/404/429/503 answers, so the two cannot disagree on who may read what.
+The request is counted in the same metrics.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class PointReads:
             return None
         principal = services.keys.peek(token)
         if principal is None or not principal.is_admin:
+            return None
+        # An empty bucket falls through: the routed handler refuses it with 429 and counts it.
+        if not services.limiter.take(principal.key_id):
             return None
         rm = services.read_model
         if (

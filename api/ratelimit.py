@@ -27,17 +27,25 @@ class RateLimiter:
         self.limited = Counter("hcp_api_rate_limited", "Requests refused with 429 per route",
                                ["route"], registry=registry)
 
-    def check(self, key_id: str, route: str) -> float:
+    def take(self, key_id: str) -> bool:
+        """Spend one of the key's tokens if it has one; refusals are not counted here."""
         if self.rate <= 0:
-            return 0.0
+            return True
         now = time.monotonic()
         tokens, at = self._buckets.get(key_id, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - at) * self.rate)
         if tokens >= 1.0:
             self._buckets[key_id] = (tokens - 1.0, now)
-            return 0.0
+            return True
         self._buckets[key_id] = (tokens, now)
         if len(self._buckets) > 100_000:  # made-up keys never get here (401 first)
             self._buckets.clear()
+        return False
+
+    def check(self, key_id: str, route: str) -> float:
+        """0 when the request may go on, else the seconds to wait (the refusal is counted)."""
+        if self.take(key_id):
+            return 0.0
         self.limited.labels(route).inc()
+        tokens = self._buckets.get(key_id, (0.0, 0.0))[0]
         return max(1.0, math.ceil((1.0 - tokens) / self.rate))

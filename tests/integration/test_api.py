@@ -190,6 +190,15 @@ def test_resource_matches_the_jobs_redis_hash(env: Env) -> None:
         assert r.headers["content-type"] == "application/problem+json"
 
 
+def test_point_reads_on_the_fast_path_keep_the_keys_rate_limit(env: Env) -> None:
+    """The default bucket (burst 200, 50/s) holds for cached admin keys too, with 429."""
+    key = make_key(env.pg_dsn, "admin")
+    with env.api.client(key) as c:
+        codes = [c.get("/api/v1/resources/asic-0").status_code for _ in range(400)]
+    assert codes[:200] == [200] * 200
+    assert 429 in codes and set(codes) == {200, 429}
+
+
 def test_resource_list_filters_and_pages(env: Env) -> None:
     with env.api.client(env.admin) as c:
         everything = c.get("/api/v1/resources", params={"limit": 100}).json()

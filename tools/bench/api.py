@@ -206,7 +206,9 @@ def run_api_bench(args: argparse.Namespace) -> int:
                 [hcp, "--log-level", "WARNING", "api", "--port", str(port),
                  "--bootstrap", broker.bootstrap, "--redis", args.redis, "--pg", dsn,
                  "--redis-prefix", prefix, "--topic-prefix", topics.prefix,
-                 "--key-cache-s", "60"],
+                 "--key-cache-s", "60",
+                 # The bench key must not be refused: the bucket is still checked, never empty.
+                 "--rate-per-s", "1e9", "--rate-burst", "1000000000"],
                 stdout=subprocess.DEVNULL, stderr=open(tmp / "api.log", "wb"),  # noqa: SIM115
             )
             procs.append(api)
