@@ -258,6 +258,15 @@ class GpuHost:
         return "\n".join(lines) + "\n"
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    # uvloop where it imports, so 10,000 simulated miners are not the bench's bottleneck.
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class SimFleet:
     """Many simulated devices on one asyncio loop in a background thread.
 
@@ -270,7 +279,7 @@ class SimFleet:
         self.miners: list[SimMiner] = []
         self.gpu_hosts: list[GpuHost] = []
         self.addresses: dict[str, tuple[str, int]] = {}
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         self._servers: list[asyncio.Server] = []
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()

@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hcp.errors import ConfigError
-    from hcp.fleet.collect import Collector
+    from hcp.fleet.collect import Collector, run_on_uvloop
     from hcp.fleet.inventory import load_inventory
     from hcp.fleet.publish import RoundPublisher
     from hcp.topics import Topics
@@ -136,14 +136,16 @@ def run(args: argparse.Namespace) -> int:
         n = 0
         while not stopping and (args.rounds == 0 or n < args.rounds):
             result = await collector.poll_round()
+            queued = time.perf_counter()
             publisher.publish(result.asic, result.gpu)
             log.info(
-                "round %d: %d asic, %d gpu rows, faults %s, %.3f s",
+                "round %d: %d asic, %d gpu rows, faults %s, poll %.3f s, publish %.3f s",
                 n,
                 len(result.asic),
                 len(result.gpu),
                 result.faults or "none",
                 result.seconds,
+                time.perf_counter() - queued,
             )
             n += 1
             # Fixed cadence: the next round starts on the grid, a slow round skips none.
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             if delay > 0:
                 await asyncio.sleep(delay)
 
-    asyncio.run(loop())
+    run_on_uvloop(loop())
     left = publisher.flush()
     if left or publisher.failed:
         log.error("%d telemetry messages undelivered", left + publisher.failed)
