@@ -109,12 +109,13 @@ def build_flow(
             "asic": topics.asic,
             "prices": topics.prices,
             "workloads": topics.workloads,
+            "command_results": topics.command_results,
         },
         batch_size=settings.batch_size,
         once=settings.once,
         idle_timeout_s=settings.idle_timeout_s,
         linger_s=settings.linger_s,
-        partitions={t: layout.partitions[t] for t in topics.inputs()},
+        partitions={t: layout.partitions[t] for t in (*topics.inputs(), topics.command_results)},
         shutdown=shutdown,
         metrics_endpoint=metrics_endpoint
         or metrics.MetricsEndpoint(settings.metrics_port, settings.metrics_host),
@@ -140,8 +141,8 @@ def build_flow(
     def route(batch: SourceBatch) -> list[tuple[str, tuple[str, SourceBatch]]]:
         if batch.kind == "prices":
             return [(s, (s, batch)) for s in shard_ids]
-        if batch.kind == "workloads":
-            return []  # the router's input only
+        if batch.kind in ("workloads", "command_results"):
+            return []  # the router's input; the agents' results go to PostgreSQL only
         shard = str(batch.partition % n_shards)
         return [(shard, (shard, batch))]
 
@@ -221,6 +222,8 @@ def build_flow(
                 rows = price_rows(batch.rows)
                 metrics.set_prices(rows)
                 out.append((Out.PRICES, rows))
+            elif batch.kind == "command_results":
+                out.append((Out.COMMAND_RESULTS, batch.rows))
             elif batch.kind in ("gpu", "asic") and settings.store_raw and not settings.no_pg:
                 out.append((RAW_TAG[batch.kind], batch.rows))
         return out

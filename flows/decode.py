@@ -228,6 +228,8 @@ def _as_column_value(value: object, f: Field) -> object:
 
 
 def _type_ok(value: object, f: Field) -> bool:
+    if f.dtype == pl.Boolean:
+        return isinstance(value, bool)
     if isinstance(value, bool):
         return False
     if f.dtype == pl.String:

@@ -27,7 +27,15 @@ from hcp.errors import ConfigError
 from hcp.frames import is_frame
 from hcp.kafka_admin import partition_counts
 from hcp.kafka_config import kafka_conf
-from hcp.schemas import ASIC_FIELDS, DLQ_SCHEMA, GPU_FIELDS, PRICE_FIELDS, WORKLOAD_FIELDS, Field
+from hcp.schemas import (
+    ASIC_FIELDS,
+    COMMAND_RESULT_FIELDS,
+    DLQ_SCHEMA,
+    GPU_FIELDS,
+    PRICE_FIELDS,
+    WORKLOAD_FIELDS,
+    Field,
+)
 from hcp.shutdown import Shutdown
 
 __all__ = ["KafkaBatchSource", "SourceBatch"]
@@ -45,6 +53,7 @@ KIND_FIELDS: dict[str, tuple[Field, ...]] = {
     "asic": ASIC_FIELDS,
     "prices": PRICE_FIELDS,
     "workloads": WORKLOAD_FIELDS,
+    "command_results": COMMAND_RESULT_FIELDS,
 }
 
 
@@ -56,7 +65,7 @@ class SourceBatch:
     (``eof``, ``idle``), which the watermark needs.
     """
 
-    kind: str  # gpu | asic | prices | workloads
+    kind: str  # gpu | asic | prices | workloads | command_results
     topic: str
     partition: int
     rows: pl.DataFrame

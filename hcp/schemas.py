@@ -14,10 +14,12 @@ import polars as pl
 __all__ = [
     "ASIC_FIELDS",
     "ASIC_STATES",
+    "COMMAND_RESULT_FIELDS",
     "GPU_FIELDS",
     "GPU_STATES",
     "PRICE_FIELDS",
     "PRICE_KINDS",
+    "RESULT_STATUSES",
     "SCHEMA_VERSION",
     "SITE_SCOPED_KINDS",
     "WORKLOAD_FIELDS",
@@ -42,6 +44,8 @@ SITE_SCOPED_KINDS = ("electricity_usd_mwh", "power_cap_mw")
 WORKLOAD_KINDS = ("inference", "training", "batch")
 # `op` of a workload message (SPEC section 3): absent means `submit`.
 WORKLOAD_OPS = ("submit", "cancel")
+# `hcp agent`'s verdict on one fleet command (docs/fleet.md, contract section 7).
+RESULT_STATUSES = ("applied", "unchanged", "skipped_dry_run", "failed")
 # Latest event time we accept: year 2100. Guards against seconds-vs-ms and garbage.
 MAX_TS_MS = 4_102_444_800_000
 
@@ -118,6 +122,19 @@ WORKLOAD_FIELDS: tuple[Field, ...] = (
     # at most this many GPUs at once, this many GPU-hours a month; absent: no limit.
     Field("quota_max_gpus", pl.Int64, required=False, nullable=True, lo=0),
     Field("quota_gpu_hours", pl.Float64, required=False, nullable=True, lo=0),
+)
+
+COMMAND_RESULT_FIELDS: tuple[Field, ...] = (
+    *_COMMON,
+    Field("device_id", pl.String),
+    Field("device_type", pl.String, values=("asic", "gpu")),
+    Field("site", pl.String),
+    Field("action", pl.String),
+    Field("status", pl.String, values=RESULT_STATUSES),
+    Field("reason", pl.String, required=False, nullable=True),
+    Field("command_ts", pl.Int64, lo=0, hi=MAX_TS_MS),
+    Field("command_position", pl.String),
+    Field("dry_run", pl.Boolean),
 )
 
 

@@ -25,6 +25,7 @@ class Out(StrEnum):
     FLEET_WM = "fleet_wm"  # payload int: every window ending at or before it has been emitted
     WORKLOAD_EVENTS = "workload_events"  # workload state transitions
     ASSIGNMENTS = "assignments"  # payload list of assignment messages for the fleet
+    COMMAND_RESULTS = "command_results"  # hcp agent's results, stored for compliance reports
     COMMANDS = "commands"  # fleet commands: devices whose action changed (flows/compliance.py)
     COMPLIANCE = "compliance"  # per device and window: command vs observed, realised value
     SITE_COMPLIANCE = "site_compliance"  # per site and window: commanded vs observed kW

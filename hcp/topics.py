@@ -39,6 +39,11 @@ class Topics:
         return f"{self.prefix}fleet.commands"
 
     @property
+    def command_results(self) -> str:
+        """``hcp agent``'s result per fleet command (docs/fleet.md); the job stores them."""
+        return f"{self.prefix}fleet.command_results"
+
+    @property
     def dlq(self) -> str:
         return f"{self.prefix}dlq"
 
@@ -47,4 +52,4 @@ class Topics:
         return [self.gpu, self.asic, self.prices, self.workloads]
 
     def all(self) -> list[str]:
-        return [*self.inputs(), self.assignments, self.commands, self.dlq]
+        return [*self.inputs(), self.assignments, self.commands, self.command_results, self.dlq]

@@ -37,17 +37,14 @@ from hcp.kafka_config import kafka_conf
 from hcp.schemas import SCHEMA_VERSION
 from hcp.topics import Topics
 
-__all__ = ["Agent", "RateLimit", "results_topic"]
+__all__ = ["Agent", "RateLimit"]
 
 log = logging.getLogger("hcp.agent")
 
 RESULTS = Counter("hcp_agent_command_results", "Command results by status", ["status"])
+BAD_COMMANDS = Counter("hcp_agent_bad_commands", "Command records that did not decode, skipped")
 ASIC_ACTIONS = {"curtail": "sleep", "mine": "wakeup"}
 GPU_ACTIONS = ("serve", "offer", "power_down")
-
-
-def results_topic(topics: Topics) -> str:
-    return f"{topics.prefix}fleet.command_results"
 
 
 class RateLimit:
@@ -94,7 +91,7 @@ class Agent:
         self.gpu_hook = gpu_hook
         self.timeout_s = timeout_s
         self.topic = topics.commands
-        self.results = results_topic(topics)
+        self.results = topics.command_results
         ensure_topics(bootstrap, [self.results], 1)
         self._consumer = Consumer(kafka_conf(bootstrap, {
             "group.id": group or f"hcp-agent-{site}",
@@ -195,6 +192,8 @@ class Agent:
                 cmd = decode_command(record.value())
             except ValueError as exc:
                 log.warning("bad command at %s: %s", pos, exc)
+                BAD_COMMANDS.inc()
+                self.counts["bad_command"] = self.counts.get("bad_command", 0) + 1
                 cmd = None
             if cmd is not None and str(cmd["site"]) == self.site:
                 status, reason = self._apply(cmd)

@@ -63,6 +63,7 @@ TAG_TABLES: dict[str, str] = {
     Out.SITE_COMPLIANCE: "site_compliance",
     Out.USAGE: "usage_minutes",
     Out.COMMANDS: "audit_log",  # every fleet command the job sends, in the audit trail
+    Out.COMMAND_RESULTS: "command_results",  # what the agents did with them
 }
 # Raw telemetry is by far the largest stream; --no-raw style deployments skip it.
 RAW_TAGS = frozenset({Out.GPU_RAW, Out.ASIC_RAW})

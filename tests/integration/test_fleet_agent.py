@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 
 from generators.devices import SimFleet
 from hcp.commands import produce_commands
-from hcp.fleet.agent import Agent, RateLimit, results_topic
+from hcp.fleet.agent import Agent, RateLimit
 from hcp.fleet.inventory import load_inventory
 from hcp.topics import Topics
 from tests.support.fleetkit import read_topic
@@ -87,18 +87,21 @@ def test_agent_applies_once_and_reports(fleet: SimFleet, tmp_path: Path, bootstr
             _cmd(miners[0].miner_id, "curtail", site="other"),
         ],
     )
+    garbage = Producer({"bootstrap.servers": bootstrap})
+    garbage.produce(topics.commands, b"{not a command", b"x")
+    assert garbage.flush(30) == 0
 
     dry = Agent(bootstrap, topics, "site-a", devices, dry_run=True, group="dry")
     _drain(dry)
     dry.close()
-    assert dry.counts == {"skipped_dry_run": 1, "unchanged": 1, "failed": 2}
+    assert dry.counts == {"skipped_dry_run": 1, "unchanged": 1, "failed": 2, "bad_command": 1}
     assert miners[0].curtail_calls == 0
 
     group = f"g{uuid.uuid4().hex[:6]}"
     agent = Agent(bootstrap, topics, "site-a", devices, group=group, gpu_hook=str(hook))
     _drain(agent)
     agent.close()
-    assert agent.counts == {"applied": 1, "unchanged": 1, "failed": 2}
+    assert agent.counts == {"applied": 1, "unchanged": 1, "failed": 2, "bad_command": 1}
     assert miners[0].sleeping and miners[0].curtail_calls == 1
 
     # Restart on the same group: nothing is read again.
@@ -114,7 +117,7 @@ def test_agent_applies_once_and_reports(fleet: SimFleet, tmp_path: Path, bootstr
     assert miners[0].curtail_calls == 1
     assert replay.counts["unchanged"] == 2
 
-    results = [json.loads(m.value()) for m in read_topic(bootstrap, results_topic(topics))]
+    results = [json.loads(m.value()) for m in read_topic(bootstrap, topics.command_results)]
     reasons = {(r["device_id"], r["status"], r["reason"]) for r in results if r["dry_run"] is False}
     assert (miners[2].miner_id, "failed", "device_reset") in reasons
     assert ("nope", "failed", "unknown_device") in reasons

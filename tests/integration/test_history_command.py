@@ -180,7 +180,7 @@ def test_db_init_creates_a_missing_database_and_is_idempotent(pg_dsn: str, capsy
             rows = conn.execute("SELECT version, path FROM schema_migrations ORDER BY 1")
             assert rows.fetchall() == [
                 (1, "common"), (2, PG_PATH), (3, "common"), (4, "common"), (5, "common"),
-                (6, PG_PATH), (7, PG_PATH),
+                (6, PG_PATH), (7, PG_PATH), (8, "common"),
             ]
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as admin:

@@ -81,6 +81,7 @@ _PG_TYPE = {
     "String": "text",
     "Int64": "bigint",
     "Float64": "double precision",
+    "Boolean": "boolean",
 }
 
 
@@ -160,6 +161,7 @@ def test_plain_path_creates_every_table_view_and_brin_index(fresh_dsn: str) -> N
         (5, "api_keys", "common"),
         (6, "control_loop_time_layout", "postgres"),
         (7, "customers", "postgres"),
+        (8, "command_results", "common"),
     ]
     assert ext is None  # the Timescale branch was skipped, not half-run
 
@@ -194,6 +196,12 @@ def test_tables_follow_the_message_and_output_contracts(fresh_dsn: str) -> None:
         "usage_minutes": (
             _expected_columns(USAGE_SCHEMA, {"minute"}),
             ["workload_id", "minute"],
+        ),
+        "command_results": (
+            _expected_columns(
+                schemas.polars_schema(schemas.COMMAND_RESULT_FIELDS), {"ts", "command_ts"}
+            ),
+            ["device_id", "command_position", "ts"],
         ),
     }
     with psycopg.connect(fresh_dsn) as conn:

@@ -11,7 +11,7 @@ import argparse
 import signal
 from pathlib import Path
 
-from hcp.config import env_arg, env_flag, positive_int
+from hcp.config import env_arg, env_flag, non_negative_int, positive_int
 from hcp.settings import add_settings
 
 __all__ = ["register", "run"]
@@ -52,7 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         env="HCP_AGENT_GPU_HOOK",
         help="command run for GPU actions as: CMD ACTION DEVICE_ID SITE (exit 0 = applied)",
     )
-    add_settings(parser, "bootstrap", "topic_prefix")
+    env_arg(
+        parser,
+        "--metrics-port",
+        env="HCP_AGENT_METRICS_PORT",
+        default=0,
+        type=non_negative_int,
+        help="serve Prometheus metrics (hcp_agent_*) on this port (0: off)",
+    )
+    add_settings(parser, "bootstrap", "topic_prefix", "metrics_host")
     parser.set_defaults(func=run)
 
 
@@ -67,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
             "--inventory and --site are required (or HCP_AGENT_INVENTORY, HCP_AGENT_SITE)"
         )
     devices = load_inventory(args.inventory, args.site)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_host)
     agent = Agent(
         args.bootstrap,
         Topics(args.topic_prefix),

@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=non_negative_int,
         help="serve Prometheus metrics on this port (0: off)",
     )
-    add_settings(parser, "bootstrap", "topic_prefix")
+    add_settings(parser, "bootstrap", "topic_prefix", "metrics_host")
     parser.set_defaults(func=run)
 
 
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr="127.0.0.1")
+        start_http_server(args.metrics_port, addr=args.metrics_host)
     collector = Collector(devices, args.timeout_s, args.concurrency, args.nvidia_smi)
     publisher = RoundPublisher(args.bootstrap, Topics(args.topic_prefix), args.encoding)
     stopping = False

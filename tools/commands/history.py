@@ -52,7 +52,10 @@ GROUP BY site
 ORDER BY net_usd DESC NULLS LAST, site"""
 
 _DEVICE_HOURS = "(EXTRACT(EPOCH FROM (window_end - window_start))::double precision / 3600.0)"
+# The agents' results (hcp.fleet.command_results) in the same range say why a device is
+# out of step: its last command failed, was only a dry run, or no agent answered (null).
 _COMPLIANCE_BY_DEVICE = f"""
+WITH judged AS (
 SELECT device_id, device_type, site,
     count(*) AS windows,
     count(*) FILTER (WHERE compliant IS NOT NULL) AS judged,
@@ -65,7 +68,17 @@ SELECT device_id, device_type, site,
     sum(commanded_power_w * {_DEVICE_HOURS}) / 1000.0 AS commanded_kwh,
     sum(observed_power_w * {_DEVICE_HOURS}) / 1000.0 AS observed_kwh
 FROM device_compliance WHERE {{where}}
-GROUP BY device_id, device_type, site
+GROUP BY device_id, device_type, site)
+SELECT judged.*, agent.commands_applied, agent.commands_failed,
+    agent.last_result, agent.last_result_reason
+FROM judged LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE status = 'applied') AS commands_applied,
+        count(*) FILTER (WHERE status = 'failed') AS commands_failed,
+        (array_agg(status ORDER BY ts DESC, command_position DESC))[1] AS last_result,
+        (array_agg(reason ORDER BY ts DESC, command_position DESC))[1] AS last_result_reason
+    FROM command_results r
+    WHERE r.device_id = judged.device_id AND r.ts > %(since)s AND r.ts <= %(until)s
+) agent ON true
 ORDER BY flagged_windows DESC, out_of_step DESC, device_id"""
 _COMPLIANCE_BY_SITE = """
 SELECT site,
