@@ -115,7 +115,8 @@ def build_flow(
         once=settings.once,
         idle_timeout_s=settings.idle_timeout_s,
         linger_s=settings.linger_s,
-        partitions={t: layout.partitions[t] for t in (*topics.inputs(), topics.command_results)},
+        partitions={t: layout.partitions[t] for t in topics.inputs()},
+        optional=("command_results",),
         shutdown=shutdown,
         metrics_endpoint=metrics_endpoint
         or metrics.MetricsEndpoint(settings.metrics_port, settings.metrics_host),

@@ -403,6 +403,9 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
     building the source does no I/O and the broker is asked only when the dataflow runs
     (``list_parts``), which stops the job if a topic is missing or has another count.
     Without it the counts are read from the broker here (the router-only flow).
+    ``optional`` kinds are read when their topic exists, with the broker's partition count
+    (no stage's layout depends on them): the agents' command results, which a fleet
+    without ``hcp agent`` never produces.
     """
 
     def __init__(
@@ -415,11 +418,13 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
         linger_s: float = 0.1,
         *,
         partitions: dict[str, int] | None = None,
+        optional: tuple[str, ...] = (),
         shutdown: Shutdown | None = None,
         metrics_endpoint: MetricsEndpoint | None = None,
     ) -> None:
         self._bootstrap = bootstrap
-        self._topics = topics  # kind -> topic name
+        self._topics = {k: t for k, t in topics.items() if k not in optional}  # kind -> topic
+        self._optional = {k: t for k, t in topics.items() if k in optional}
         self._batch_size = batch_size
         self._once = once
         self._idle_timeout_s = idle_timeout_s
@@ -427,10 +432,22 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
         self.shutdown = shutdown or Shutdown()
         self._endpoint = metrics_endpoint or MetricsEndpoint(0)
         self._verified = partitions is None
+        required = set(self._topics.values())
+        self.partitions = {t: n for t, n in (partitions or {}).items() if t in required}
         if partitions is None:
-            partitions = partition_counts(bootstrap, list(topics.values()))
-            _check_layout(bootstrap, topics, partitions, None)
-        self.partitions = dict(partitions)
+            self._verify(None)
+
+    def _verify(self, want: dict[str, int] | None) -> None:
+        have = partition_counts(self._bootstrap, [*self._topics.values(), *self._optional.values()])
+        _check_layout(self._bootstrap, self._topics, have, want)
+        self.partitions = {t: have[t] for t in self._topics.values()}
+        for kind, topic in self._optional.items():
+            if topic in have:
+                self._topics[kind] = topic
+                self.partitions[topic] = have[topic]
+            else:
+                log.info("optional topic %s does not exist; not read", topic)
+        self._optional = {}
 
     def layout_parts(self) -> list[str]:
         """The source's partitions as built, without asking the broker."""
@@ -443,8 +460,7 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
     def list_parts(self) -> list[str]:
         if not self._verified:
             # Run time: the first (and only) broker round trip of a pre-built flow.
-            have = partition_counts(self._bootstrap, list(self._topics.values()))
-            _check_layout(self._bootstrap, self._topics, have, self.partitions)
+            self._verify(dict(self.partitions))
             self._verified = True
         return self.layout_parts()
 
