@@ -246,3 +246,58 @@ def test_plain_install_serves_the_api(api: str) -> None:
     if (ROOT / CONSOLE_VENDOR[0]).is_file():
         with urllib.request.urlopen(f"{api}/console/vendor/alpine.js", timeout=5) as resp:
             assert resp.status == 200
+
+
+def test_plain_install_collects_and_applies_on_simulated_miners(
+    plain: Path, env: dict[str, str], topics: Topics, tmp_path: Path
+) -> None:
+    """The site processes as a plain install runs them: `hcp collect` polls three simulated
+    miners and publishes frames, `hcp agent` curtails one on a command and reports it."""
+    from flows.frames import decode_frame
+    from generators.devices import SimFleet
+    from hcp.commands import produce_commands
+    from hcp.schemas import ASIC_FIELDS
+    from tests.support.fleetkit import read_topic
+    from tests.support.flowkit import make_topics
+
+    make_topics(env["HCP_KAFKA_BOOTSTRAP"], topics, partitions=1)
+    fleet = SimFleet()
+    try:
+        miners = fleet.add_miners(3, ramp_s=0.0)
+        inventory = tmp_path / "site.csv"
+        fleet.write_inventory(inventory, site="site-p")
+        done = _hcp(plain, "collect", "--inventory", str(inventory), "--rounds", "2",
+                    "--interval-s", "0.3", env=env, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        frames = [decode_frame(m.value(), ASIC_FIELDS)
+                  for m in read_topic(env["HCP_KAFKA_BOOTSTRAP"], topics.asic)]
+        assert sum(f.rows.height for f in frames) == 6
+
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": env["HCP_KAFKA_BOOTSTRAP"]})
+        produce_commands(producer, topics.commands, [{
+            "v": 1, "ts": 1_000, "device_id": miners[0].miner_id, "device_type": "asic",
+            "site": "site-p", "action": "curtail", "reason": "test", "window_start": 0,
+        }])
+        assert producer.flush(30) == 0
+        agent = subprocess.Popen(
+            [str(plain / "hcp"), "agent", "--inventory", str(inventory), "--site", "site-p"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not miners[0].sleeping and time.monotonic() < deadline:
+                assert agent.poll() is None, agent.stderr.read() if agent.stderr else ""
+                time.sleep(0.2)
+        finally:
+            agent.terminate()
+            agent.wait(timeout=30)
+        assert miners[0].sleeping and not miners[1].sleeping
+        results = [json.loads(m.value())
+                   for m in read_topic(env["HCP_KAFKA_BOOTSTRAP"], topics.command_results)]
+        assert [(r["device_id"], r["status"]) for r in results] == [
+            (miners[0].miner_id, "applied")
+        ]
+    finally:
+        fleet.close()
