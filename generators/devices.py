@@ -55,6 +55,8 @@ class SimMiner:
     fault: str = "none"
     sleeping: bool = False
     curtail_calls: int = 0
+    # Which API made the last switch: "rpc" (LuxOS curtail) or "web" (set_miner_conf.cgi).
+    switched_via: str = ""
     # Stock mode: answer as Bitmain's stock firmware does (no ``Power`` in ``SUMMARY``; the
     # draw is in ``stats`` ``chain_power``) and serve the stock web UI's ``/cgi-bin`` pages.
     stock: bool = False
@@ -69,7 +71,8 @@ class SimMiner:
         done = min(1.0, (now - self._switched_at) / self.ramp_s) if self.ramp_s > 0 else 1.0
         return self._from_frac + (target - self._from_frac) * done
 
-    def set_sleep(self, sleep: bool) -> None:
+    def set_sleep(self, sleep: bool, via: str = "rpc") -> None:
+        self.switched_via = via
         now = time.monotonic()
         self._from_frac = self._run_frac(now)
         self._switched_at = now
@@ -282,7 +285,7 @@ class SimMiner:
             except (ValueError, TypeError, AttributeError):
                 return 200, {"stats": "error", "code": "M001", "msg": "Invalid config"}
             if wanted in (0, 1) and (wanted == 1) != self.sleeping:
-                self.set_sleep(wanted == 1)
+                self.set_sleep(wanted == 1, via="web")
             return 200, {"stats": "success", "code": "M000", "msg": "OK!"}
         return 404, {}
 
