@@ -11,8 +11,16 @@ simulator follows the firmwares that do (a ``Power`` key in ``SUMMARY``, as What
 LuxOS give). Fault modes: ``hang`` (accepts, never answers), ``reset`` (closes at once
 without answering), ``malformed`` (answers truncated JSON).
 
-``python -m generators.devices --miners 100 --inventory inv.csv`` serves until stopped and
-writes the inventory the collector reads.
+Stock mode (``add_miners(..., stock=True)``, ``--stock``): each miner gets its own loopback
+address with the real ports, the CGMiner API on 4028 and the stock web UI on 80 (HTTP/1.1,
+digest auth root/root, realm ``antMiner Configuration``: ``/cgi-bin/miner_type.cgi``,
+``get_system_info.cgi``, ``summary.cgi``, ``get_miner_conf.cgi``, ``set_miner_conf.cgi``
+(``miner-mode`` 1 sleeps, 0 wakes, like ``curtail``), ``get_blink_status.cgi``), so pyasic-rs
+unmodified identifies an Antminer S21 on stock firmware and reads and curtails it. There
+``SUMMARY`` has no ``Power`` (as on the real firmware) and ``stats`` carries ``chain_power``.
+
+``python -m generators.devices --miners 100 [--stock] --inventory inv.csv`` serves until
+stopped and writes the inventory the collector reads.
 """
 
 from __future__ import annotations
