@@ -1,6 +1,7 @@
 """``hcp collect``: a site collector polling its devices' own APIs once a round.
 
-ASICs over the CGMiner JSON API (TCP 4028), GPU hosts from a DCGM exporter's /metrics page
+ASICs over the CGMiner JSON API (TCP 4028; identified once at startup through pyasic-rs),
+GPU hosts from a DCGM exporter's /metrics page
 or the local nvidia-smi; publishes the contract's telemetry (frames by default). A device
 that does not answer is published as fault/down and counted by reason. Runs until SIGINT or
 SIGTERM (or --rounds).
@@ -125,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
     from hcp.fleet import asiclib
 
     if asiclib.available() and any(asiclib.library_port(d) for d in devices):
-        # Identification on its own thread and loop: ~7 ms CPU per miner, so the first
-        # rounds at 10,000 miners would otherwise wait about a minute for it.
+        # Identification on its own thread and loop: ~11 ms CPU per miner, so the first
+        # rounds at 10,000 miners would otherwise wait ~100 s for it.
         def identify() -> None:
             found = asyncio.run(collector.identify())
             known = sum(1 for i in found.values() if i is not None)
