@@ -102,3 +102,17 @@ def test_agent_curtails_through_the_library(
     agent.close()
     assert agent.counts == {"applied": 3, "unchanged": 1}
     assert miners[0].curtail_calls == 2 and not miners[0].sleeping
+
+
+def test_collector_identifies_at_startup(fleet: SimFleet, tmp_path: Path) -> None:
+    fleet.add_miners(2, stock=True)
+    fleet.write_inventory(tmp_path / "inv.csv")
+    # A third address where nothing answers: the library finds no miner, the collector logs it.
+    host = fleet.miners[-1].ip.rsplit(".", 1)[0] + ".250"
+    with (tmp_path / "inv.csv").open("a") as inv:
+        inv.write(f"{host}:4028,asic,ghost,S21,site-a\n")
+    collector = Collector(load_inventory(tmp_path / "inv.csv"), timeout=0.5)
+    found = asyncio.run(collector.identify())
+    assert found["ghost"] is None
+    assert [found[m.miner_id].model for m in fleet.miners] == ["S21", "S21"]
+    assert collector.identities == found
