@@ -9,8 +9,10 @@ Reads its site's commands with ``assign()`` from the consumer group's committed 
    that replays an uncommitted command does not switch the device twice);
 4. ``--dry-run`` -> ``skipped_dry_run``;
 5. waits for the per-site rate limit (N switches per sliding minute), then applies:
-   ASIC ``curtail`` / ``mine`` through the CGMiner API's ``curtail sleep|wakeup`` (LuxOS;
-   docs/fleet.md says what other firmwares need); GPU ``serve`` / ``offer`` /
+   ASIC ``curtail`` / ``mine`` through pyasic-rs's own ``pause()`` / ``resume()`` for a miner
+   at the library's port (4028; stock Antminer: ``set_miner_conf.cgi`` ``miner-mode``), else
+   through the CGMiner API's LuxOS ``curtail sleep|wakeup`` (asic-rs cannot address another
+   port; docs/fleet.md); GPU ``serve`` / ``offer`` /
    ``power_down`` through the operator's hook command (``CMD ACTION DEVICE_ID SITE``);
 6. publishes one result on ``hcp.fleet.command_results`` and commits the offset after it.
 """
@@ -30,6 +32,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from prometheus_client import Counter
 
 from hcp.commands import decode_command
+from hcp.fleet import asiclib
 from hcp.fleet.cgminer import DeviceError, request
 from hcp.fleet.inventory import Device
 from hcp.kafka_admin import ensure_topics, partition_counts
@@ -111,12 +114,35 @@ class Agent:
         )
         self._producer = Producer(kafka_conf(bootstrap, {"enable.idempotence": True}))
         self.counts: dict[str, int] = {}
+        # One event loop for the agent's life: the library's Miner handles (and their pooled
+        # web connections) outlive a command, and a loop per command would orphan them.
+        self._loop = asyncio.new_event_loop()
+        self._control = (
+            asiclib.MinerControl(max(timeout_s, 1.0)) if asiclib.available() else None
+        )
 
     # -- device side ----------------------------------------------------------------
+    def _run(self, coro: Any) -> Any:
+        return self._loop.run_until_complete(coro)
+
+    def _use_library(self, device: Device) -> bool:
+        return self._control is not None and asiclib.library_port(device)
+
     def _asic_sleeping(self, device: Device) -> bool:
-        answer = asyncio.run(request(device.host, device.port, "summary", timeout=self.timeout_s))
+        if self._use_library(device):
+            assert self._control is not None
+            return not self._run(self._control.is_mining(device.host))
+        answer = self._run(request(device.host, device.port, "summary", timeout=self.timeout_s))
         summary = answer.get("SUMMARY") or [{}]
         return float(summary[0].get("GHS 5s", 0.0)) < 1000.0
+
+    def _asic_switch(self, device: Device, sleep: bool) -> None:
+        if self._use_library(device):
+            assert self._control is not None
+            self._run(self._control.set_mining(device.host, not sleep))
+            return
+        mode = "sleep" if sleep else "wakeup"
+        self._run(request(device.host, device.port, "curtail", mode, timeout=self.timeout_s))
 
     def _apply(self, cmd: dict[str, Any]) -> tuple[str, str | None]:
         device = self.devices.get(cmd["device_id"])
@@ -133,9 +159,7 @@ class Agent:
                 if self.dry_run:
                     return "skipped_dry_run", None
                 self.rate.wait()
-                asyncio.run(
-                    request(device.host, device.port, "curtail", mode, timeout=self.timeout_s)
-                )
+                self._asic_switch(device, mode == "sleep")
             except DeviceError as exc:
                 return "failed", f"device_{exc.reason}"
             return "applied", None
@@ -210,3 +234,4 @@ class Agent:
     def close(self) -> None:
         self._producer.flush(30)
         self._consumer.close()
+        self._loop.close()

@@ -83,6 +83,16 @@ def _max_temp(stats: list[dict[str, Any]]) -> float:
     return max(temps) if temps else 0.0
 
 
+def _stats_power(stats: list[dict[str, Any]]) -> float:
+    # Stock Antminer firmware has no Power in SUMMARY; where it reports a draw it is stats'
+    # "chain_power": "3500 W" (what asic-rs reads too).
+    for entry in stats:
+        value = entry.get("chain_power")
+        if value is not None:
+            return float(str(value).split()[0])
+    return 0.0
+
+
 @dataclass
 class _Counts:
     accepted: int
@@ -98,7 +108,9 @@ def asic_row(
     stats = _first(answer, "stats", "STATS")
     try:
         ths = float(summary.get("GHS 5s", 0.0)) / 1000.0
-        power = float(summary.get("Power", 0.0))
+        power = (
+            float(summary["Power"]) if "Power" in summary else _stats_power(stats)
+        )
         counts = _Counts(
             int(summary.get("Accepted", 0)),
             int(summary.get("Rejected", 0)),
@@ -277,6 +289,25 @@ class Collector:
         self.concurrency = concurrency
         self.smi_command = smi_command
         self._counts: dict[str, _Counts] = {}
+        self.identities: dict[str, Any] = {}
+
+    async def identify(self, concurrency: int = 256) -> dict[str, Any]:
+        """What pyasic-rs finds at each ASIC address on the library port (make, model,
+        firmware), kept in ``identities``; a model other than the inventory's is logged.
+        Not part of a round: it is several requests per miner (docs/fleet.md)."""
+        from hcp.fleet import asiclib
+
+        found = await asiclib.identify(self.devices, concurrency, max(self.timeout, 2.0))
+        self.identities.update(found)
+        by_id = {d.device_id: d for d in self.devices}
+        for device_id, ident in found.items():
+            model = by_id[device_id].model
+            if ident is None:
+                log.warning("%s: not identified by pyasic-rs", device_id)
+            elif model and model.upper() not in ident.model.upper():
+                log.warning("%s: inventory says %s, miner is %s %s (%s)", device_id, model,
+                            ident.make, ident.model, ident.firmware)
+        return found
 
     async def _poll_asic(self, device: Device, ts: int) -> dict[str, Any]:
         answer = await request(device.host, device.port, ASIC_QUERY, timeout=self.timeout)

@@ -1,6 +1,7 @@
 """``hcp agent``: a site's command agent, applying hcp.fleet.commands to its devices.
 
-ASIC curtail/mine through the CGMiner API (curtail sleep|wakeup), GPU serve/offer/power_down
+ASIC curtail/mine through pyasic-rs pause/resume (miners at port 4028; elsewhere the
+CGMiner API's LuxOS curtail sleep|wakeup), GPU serve/offer/power_down
 through --gpu-hook (run as: CMD ACTION DEVICE_ID SITE). One result per command on
 hcp.fleet.command_results. Runs until SIGINT or SIGTERM.
 """
