@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("pyasic_rs")
-
 from generators.devices import SimFleet
 from hcp.fleet import asiclib
 from hcp.fleet.agent import Agent
