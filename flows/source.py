@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from hcp.shutdown import Shutdown
 __all__ = ["KafkaBatchSource", "SourceBatch"]
 
 log = logging.getLogger(__name__)
+# Workers of one process share the source object and call list_parts at the same time.
+_VERIFY_LOCK = threading.Lock()
 
 # Gathered bytes that make a batch ready at once: ~4 frames, ~30k samples.
 READY_BYTES = 4 * 1024 * 1024
@@ -423,8 +426,9 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
         metrics_endpoint: MetricsEndpoint | None = None,
     ) -> None:
         self._bootstrap = bootstrap
-        self._topics = {k: t for k, t in topics.items() if k not in optional}  # kind -> topic
+        self._required = {k: t for k, t in topics.items() if k not in optional}
         self._optional = {k: t for k, t in topics.items() if k in optional}
+        self._topics = dict(self._required)  # kind -> topic, what is read
         self._batch_size = batch_size
         self._once = once
         self._idle_timeout_s = idle_timeout_s
@@ -432,22 +436,28 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
         self.shutdown = shutdown or Shutdown()
         self._endpoint = metrics_endpoint or MetricsEndpoint(0)
         self._verified = partitions is None
-        required = set(self._topics.values())
-        self.partitions = {t: n for t, n in (partitions or {}).items() if t in required}
+        required = set(self._required.values())
+        self._built_for = {t: n for t, n in (partitions or {}).items() if t in required}
+        self.partitions = dict(self._built_for)
         if partitions is None:
             self._verify(None)
 
     def _verify(self, want: dict[str, int] | None) -> None:
-        have = partition_counts(self._bootstrap, [*self._topics.values(), *self._optional.values()])
-        _check_layout(self._bootstrap, self._topics, have, want)
-        self.partitions = {t: have[t] for t in self._topics.values()}
+        """Check the required topics against ``want``, then add the optional ones that exist.
+
+        Idempotent: every worker thread of a process calls it on the one source object."""
+        names = [*self._required.values(), *self._optional.values()]
+        have = partition_counts(self._bootstrap, names)
+        _check_layout(self._bootstrap, self._required, have, want)
+        topics = dict(self._required)
+        partitions = {t: have[t] for t in self._required.values()}
         for kind, topic in self._optional.items():
             if topic in have:
-                self._topics[kind] = topic
-                self.partitions[topic] = have[topic]
+                topics[kind] = topic
+                partitions[topic] = have[topic]
             else:
                 log.info("optional topic %s does not exist; not read", topic)
-        self._optional = {}
+        self._topics, self.partitions = topics, partitions
 
     def layout_parts(self) -> list[str]:
         """The source's partitions as built, without asking the broker."""
@@ -458,11 +468,12 @@ class KafkaBatchSource(FixedPartitionedSource[SourceBatch, int]):
         ]
 
     def list_parts(self) -> list[str]:
-        if not self._verified:
-            # Run time: the first (and only) broker round trip of a pre-built flow.
-            self._verify(dict(self.partitions))
-            self._verified = True
-        return self.layout_parts()
+        with _VERIFY_LOCK:
+            if not self._verified:
+                # Run time: the first (and only) broker round trip of a pre-built flow.
+                self._verify(self._built_for)
+                self._verified = True
+            return self.layout_parts()
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _BatchPartition:
         kind, topic, part = for_part.split("|")
