@@ -133,6 +133,8 @@ class MinerControl:
                 miner = await _get_miner(self._factory, host, self.timeout + 1.0)
             except TimeoutError as exc:
                 raise DeviceError("timeout") from exc
+            except Exception as exc:  # the library's own failure: a result, not a crash
+                raise DeviceError("error", f"identify: {exc}") from exc
             if miner is None:
                 raise DeviceError("unidentified", host)
             self._miners[host] = miner
