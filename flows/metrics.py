@@ -14,9 +14,10 @@ import time
 from collections import Counter as _Tally
 
 import polars as pl
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from hcp.errors import ConfigError, HcpError
+from hcp.metrics_http import serve_metrics
 
 __all__ = ["MetricsEndpoint", "count_bad_input", "observe_window", "set_prices"]
 
@@ -180,15 +181,7 @@ class MetricsEndpoint:
         with self._lock:
             if self._started:
                 return
-            try:
-                self._start()
-            except OSError as exc:
-                msg = (
-                    f"cannot serve /metrics on {self.host}:{self.port}: {exc.strerror or exc}; "
-                    f"choose another --metrics-port (HCP_METRICS_PORT), or 0 to turn the "
-                    f"endpoint off"
-                )
-                raise HcpError(msg) from None
+            self._start()
 
     def serve_once(self) -> None:
         """Start the endpoint the first time a worker of this process needs it."""
@@ -197,15 +190,14 @@ class MetricsEndpoint:
                 return
             try:
                 self._start()
-            except OSError as exc:
-                log.warning("metrics endpoint not started on port %s: %s", self.port, exc)
+            except HcpError as exc:
+                log.warning("metrics endpoint not started: %s", exc)
             finally:
                 self._started = True  # one attempt per process, not per worker
 
     def _start(self) -> None:
-        start_http_server(self.port, addr=self.host)
+        serve_metrics(self.port, self.host, "--metrics-port (HCP_METRICS_PORT)")
         self._started = True
-        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
 
 
 def count_bad_input(topic: str, reasons: list[str]) -> None:

@@ -76,10 +76,9 @@ def run(args: argparse.Namespace) -> int:
             "--inventory and --site are required (or HCP_AGENT_INVENTORY, HCP_AGENT_SITE)"
         )
     devices = load_inventory(args.inventory, args.site)
-    if args.metrics_port:
-        from prometheus_client import start_http_server
+    from hcp.metrics_http import serve_metrics
 
-        start_http_server(args.metrics_port, addr=args.metrics_host)
+    serve_metrics(args.metrics_port, args.metrics_host, "--metrics-port (HCP_AGENT_METRICS_PORT)")
     agent = Agent(
         args.bootstrap,
         Topics(args.topic_prefix),

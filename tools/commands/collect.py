@@ -125,10 +125,9 @@ def run(args: argparse.Namespace) -> int:
     devices = load_inventory(args.inventory, args.site)
     if not devices:
         raise ConfigError(f"inventory {args.inventory} lists no devices for this site")
-    if args.metrics_port:
-        from prometheus_client import start_http_server
+    from hcp.metrics_http import serve_metrics
 
-        start_http_server(args.metrics_port, addr=args.metrics_host)
+    serve_metrics(args.metrics_port, args.metrics_host, "--metrics-port (HCP_COLLECT_METRICS_PORT)")
     collector = Collector(devices, args.timeout_s, args.concurrency, args.nvidia_smi)
     from hcp.fleet import asiclib
 
