@@ -14,6 +14,8 @@ benchmarks can share one Redis without seeing each other:
 - ``{prefix}workloads``              stream of workload state transitions, id ``{ts}-{seq}``
 - ``{prefix}compliance:site:{site}`` hash, the site's latest commanded vs observed power
 - ``{prefix}noncompliant``           hash, flagged device id -> windows out of step
+- ``{prefix}snapshot:site:{site}`` string, Arrow IPC of the site's latest recommendations,
+  ``{prefix}snapshot:sites`` hash, site -> its newest window_end (sinks/redis/snapshot.py)
 - ``{prefix}gpu:cordoned``           hash, ``gpu_id`` -> JSON ``{reason, since, site}`` of
   every GPU the router has cordoned now (removed when it is uncordoned)
 
@@ -74,6 +76,15 @@ class RedisKeys:
     @property
     def workloads_stream(self) -> str:
         return f"{self.prefix}workloads"
+
+    @property
+    def snapshots(self) -> str:
+        """Hash of the columnar snapshots: site -> newest window_end (sinks/redis/snapshot.py)."""
+        return f"{self.prefix}snapshot:sites"
+
+    def snapshot(self, site: str) -> str:
+        """The site's columnar snapshot: an Arrow IPC file of its latest recommendations."""
+        return f"{self.prefix}snapshot:site:{site}"
 
     @property
     def cordoned(self) -> str:

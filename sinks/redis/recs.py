@@ -34,6 +34,7 @@ from hcp.schemas import REC_SCHEMA
 from sinks.redis.layout import RedisKeys, stream_last_id
 from sinks.redis.packer import BufferRing, Bulk, Const, Header, Pair, Segment, pack_rows
 from sinks.redis.resp import RawPipeline, bulk, const_bulk, header
+from sinks.redis.snapshot import SnapshotCache, write_snapshots
 
 __all__ = ["ACTIONS", "REC_FIELDS", "HashCache", "RecWriteStats", "summarize", "write_recs"]
 
@@ -80,6 +81,7 @@ class RecWriteStats:
     skipped_entries: int = 0
     old_windows: int = 0
     delta_windows: int = 0
+    snapshot_bytes: int = 0
 
 
 def summarize(df: pl.DataFrame) -> pl.DataFrame:
@@ -113,11 +115,15 @@ def write_recs(
     chunk_rows: int = 20_000,
     ring: BufferRing | None = None,
     cache: HashCache | None = None,
+    snapshot_sha: str | None = None,
+    snapshots: SnapshotCache | None = None,
 ) -> RecWriteStats:
     """Write every window in ``df`` (REC_SCHEMA columns), oldest first.
 
     Pass the same ``ring`` on every call to reuse its output buffers across windows, and
     the same ``cache`` to write only changed hash fields (None: always full hashes).
+    With ``snapshot_sha`` (SNAPSHOT_LUA loaded) each window is first merged into the
+    per-site columnar snapshots (sinks/redis/snapshot.py).
     """
     stats = RecWriteStats()
     # Depth 2 in flight + 1 being sent + 1 being packed: 4 buffers are never reused early.
@@ -129,8 +135,13 @@ def write_recs(
         df = df.filter(pl.col("device_id").is_not_null() & pl.col("window_end").is_not_null())
     if df.height == 0:
         return stats
+    run_id = str(client.info("server").get("run_id", "")) if snapshot_sha else ""
     for window_end in df["window_end"].unique().sort().to_list():
         window = df.filter(pl.col("window_end") == window_end).sort("device_id")
+        if snapshot_sha:
+            stats.snapshot_bytes += write_snapshots(
+                client, keys, window, snapshot_sha, snapshots or SnapshotCache(), run_id
+            )
         _write_window(client, keys, window, window_end, cond_hset_sha, stream_maxlen,
                       chunk_rows, ring, cache, stats)
         _write_summaries(client, keys, window, cond_hset_sha)

@@ -2,8 +2,9 @@
 
 :class:`RedisWriter` writes tagged batches ``(tag, polars.DataFrame)``:
 
-- ``"recs"``: REC_SCHEMA rows of whole windows -> ``rec:{device}`` hashes, the
-  ``recommendations`` stream and the per-site / fleet summaries (:mod:`sinks.redis.recs`);
+- ``"recs"``: REC_SCHEMA rows of whole windows -> the per-site columnar snapshots
+  (:mod:`sinks.redis.snapshot`), ``rec:{device}`` hashes, the ``recommendations`` stream
+  and the per-site / fleet summaries (:mod:`sinks.redis.recs`);
 - ``"prices"``: PRICE_ROW_SCHEMA rows -> the ``prices`` hash;
 - ``"workload_events"``: WORKLOAD_EVENT_SCHEMA rows -> ``workload:{id}`` hashes and the
   ``workloads`` stream (:mod:`sinks.redis.events`);
@@ -59,6 +60,7 @@ from sinks.redis.events import (
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
 from sinks.redis.recs import HashCache, RecWriteStats, write_recs
+from sinks.redis.snapshot import SNAPSHOT_LUA, SnapshotCache
 
 __all__ = ["RedisSink", "RedisWriter", "config_problem"]
 
@@ -118,6 +120,7 @@ class RedisWriter:
         self._shas: dict[str, str] = {}
         self._ring = BufferRing(4)
         self._cache = HashCache() if delta_hashes else None
+        self._snapshots = SnapshotCache()
         self.last_rec_stats: RecWriteStats | None = None  # of the last "recs" item
         self._outage_since: float | None = None
         sink_started("redis")
@@ -143,6 +146,7 @@ class RedisWriter:
                     raise ConfigError(msg) from None
                 if self._cache is not None:
                     self._cache.clear()
+                self._snapshots.clear()
                 SINK_ERRORS.labels(sink="redis").inc()
                 now = time.monotonic()
                 if self._outage_since is None:
@@ -177,7 +181,7 @@ class RedisWriter:
         self._shas = {
             name: self.client.script_load(lua)
             for name, lua in (("cond", COND_HSET_LUA), ("prices", PRICES_LUA),
-                              ("workload", WORKLOAD_LUA))
+                              ("workload", WORKLOAD_LUA), ("snapshot", SNAPSHOT_LUA))
         }
         for tag, df in items:
             _HANDLERS[tag](self, df)
@@ -186,7 +190,7 @@ class RedisWriter:
         stats = write_recs(
             self.client, self.keys, df, cond_hset_sha=self._shas["cond"],
             stream_maxlen=self.stream_maxlen, chunk_rows=self.chunk_rows, ring=self._ring,
-            cache=self._cache,
+            cache=self._cache, snapshot_sha=self._shas["snapshot"], snapshots=self._snapshots,
         )
         self.last_rec_stats = stats
         SINK_ROWS.labels(sink="redis", table="recommendations").inc(stats.stream_entries)
