@@ -263,6 +263,7 @@ def build_flow(
             settings.redis,
             prefix=settings.redis_prefix,
             stream_maxlen=settings.stream_maxlen,
+            stream_changed_only=settings.redis_stream == "changed",
             shutdown=shutdown,
         )
         addressed.append(op.map("for_redis", to_redis, lambda item: ("redis", item)))

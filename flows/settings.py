@@ -38,6 +38,7 @@ class JobSettings:
     batch_size: int = default("batch_size")
     linger_s: float = default("linger_s")
     stream_maxlen: int = default("stream_maxlen")
+    redis_stream: str = default("redis_stream")
     once: bool = default("once")
     store_raw: bool = not default("no_raw")
     no_redis: bool = default("no_redis")
@@ -140,7 +141,7 @@ JOB_SETTINGS = (
     "window_s", "lateness_s", "idle_timeout_s", "pool_fee", "hysteresis", "dwell_s",
     "max_price_age_s", "compliance_grace_s", "compliance_windows",
     "assign_timeout_s", "reservations", "once", "workers", "batch_size", "linger_s",
-    "stream_maxlen",
+    "stream_maxlen", "redis_stream",
     "metrics_port", "metrics_host", "no_raw", "no_redis", "no_pg", "recovery_dir",
     "snapshot_interval_s", "recovery_partitions", "processes", "process_id", "addresses",
 )

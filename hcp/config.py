@@ -152,6 +152,19 @@ def telemetry_encoding(text: str) -> str:
         msg = f"must be one of {', '.join(ENCODINGS)}, not {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return text
+
+
+STREAM_MODES = ("all", "changed")
+
+
+def stream_mode(text: str) -> str:
+    """``all`` or ``changed`` (what the Redis recommendation stream carries)."""
+    if text not in STREAM_MODES:
+        msg = f"must be one of {', '.join(STREAM_MODES)}, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
 def redis_url(text: str) -> str:
     """Check a Redis URL's form (scheme, port, database number) without connecting.
 

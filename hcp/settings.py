@@ -23,6 +23,7 @@ from hcp.config import (
     positive_int,
     redis_url,
     speed_value,
+    stream_mode,
     telemetry_encoding,
 )
 
@@ -120,6 +121,11 @@ SETTINGS: dict[str, Setting] = {
                 non_negative_float, _RUN),
         Setting("stream_maxlen", "HCP_STREAM_MAXLEN", 1_000_000,
                 "approximate MAXLEN of the Redis recommendation stream", positive_int, _RUN),
+        Setting("redis_stream", "HCP_REDIS_STREAM", "all",
+                "what the Redis recommendation stream carries: 'all' (every device every "
+                "window) or 'changed' (only devices whose action or reason changed, and new "
+                "devices; the per-site snapshots still hold every device: docs/contract.md "
+                "section 7)", stream_mode, _RUN),
         Setting("metrics_port", "HCP_METRICS_PORT", 9464,
                 "port of the Prometheus /metrics endpoint; 0 turns it off", int, _RUN),
         Setting("metrics_host", "HCP_METRICS_HOST", "127.0.0.1",

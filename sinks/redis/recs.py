@@ -19,6 +19,12 @@ is the window this writer wrote last (and Redis has not restarted since, by its 
 the hashes hold exactly that window's text, so a device's HSET only needs the fields that
 changed (``window_end`` always does). Anything unusual (an error, a replay, a resumed
 window, another window in between) drops the cache and the next window is written in full.
+
+Changed-only stream (``hcp run --redis-stream changed``). With the same cache, a device
+whose action and reason equal its previous window's gets no stream entry, only its hash
+write; the per-site snapshots (sinks/redis/snapshot.py) carry every device. Entry ids keep
+their ``{window_end}-{seq}`` form, with gaps in ``seq``. Whenever the previous window is
+not known, every device gets an entry: a reader may see a decision twice, never miss one.
 """
 
 from __future__ import annotations
@@ -115,6 +121,7 @@ def write_recs(
     chunk_rows: int = 20_000,
     ring: BufferRing | None = None,
     cache: HashCache | None = None,
+    changed_only: bool = False,
     snapshot_sha: str | None = None,
     snapshots: SnapshotCache | None = None,
 ) -> RecWriteStats:
@@ -122,6 +129,8 @@ def write_recs(
 
     Pass the same ``ring`` on every call to reuse its output buffers across windows, and
     the same ``cache`` to write only changed hash fields (None: always full hashes).
+    ``changed_only`` (needs ``cache``) gives stream entries only to devices whose action
+    or reason differs from the window before (all devices when that is not known).
     With ``snapshot_sha`` (SNAPSHOT_LUA loaded) each window is first merged into the
     per-site columnar snapshots (sinks/redis/snapshot.py).
     """
@@ -143,7 +152,7 @@ def write_recs(
                 client, keys, window, snapshot_sha, snapshots or SnapshotCache(), run_id
             )
         _write_window(client, keys, window, window_end, cond_hset_sha, stream_maxlen,
-                      chunk_rows, ring, cache, stats)
+                      chunk_rows, ring, cache, stats, changed_only)
         _write_summaries(client, keys, window, cond_hset_sha)
         stats.windows += 1
         stats.rows += window.height
@@ -167,6 +176,7 @@ def _write_window(
     ring: BufferRing,
     cache: HashCache | None,
     stats: RecWriteStats,
+    changed_only: bool = False,
 ) -> None:
     last_ms, last_seq = stream_last_id(client, keys.recs_stream)
     previous: pl.DataFrame | None = None
@@ -218,8 +228,12 @@ def _write_window(
             if previous is None:
                 payload = pack_rows(chunk, [xadd + hset, hset], choice, ring)
             else:
-                payload = pack_rows(chunk, [xadd + hset_delta], choice, ring,
-                                    skip=_unchanged(chunk, previous.slice(start, chunk_rows)))
+                skip = _unchanged(chunk, previous.slice(start, chunk_rows))
+                if changed_only:  # no entry where the decision is the one already streamed
+                    choice = (skip["action"] & skip["reason"]).astype(np.int64)
+                    n_entries = int(chunk.height - choice.sum())
+                payload = pack_rows(chunk, [xadd + hset_delta, hset_delta], choice, ring,
+                                    skip=skip)
             if cache is not None:
                 written.append(chunk.select(REC_FIELDS))
             # XADD replies are bulk ids (2 lines), HSET replies integers (1 line).

@@ -99,6 +99,7 @@ class RedisWriter:
         give_up_after_s: float | None = None,
         socket_timeout_s: float = 30.0,
         delta_hashes: bool = True,
+        stream_changed_only: bool = False,
         shutdown: Shutdown | None = None,
     ) -> None:
         if stream_maxlen < 1:
@@ -119,7 +120,9 @@ class RedisWriter:
         )
         self._shas: dict[str, str] = {}
         self._ring = BufferRing(4)
-        self._cache = HashCache() if delta_hashes else None
+        # Knowing what changed needs the previous window's text: the delta cache's.
+        self._cache = HashCache() if delta_hashes or stream_changed_only else None
+        self.stream_changed_only = stream_changed_only
         self._snapshots = SnapshotCache()
         self.last_rec_stats: RecWriteStats | None = None  # of the last "recs" item
         self._outage_since: float | None = None
@@ -190,7 +193,8 @@ class RedisWriter:
         stats = write_recs(
             self.client, self.keys, df, cond_hset_sha=self._shas["cond"],
             stream_maxlen=self.stream_maxlen, chunk_rows=self.chunk_rows, ring=self._ring,
-            cache=self._cache, snapshot_sha=self._shas["snapshot"], snapshots=self._snapshots,
+            cache=self._cache, changed_only=self.stream_changed_only,
+            snapshot_sha=self._shas["snapshot"], snapshots=self._snapshots,
         )
         self.last_rec_stats = stats
         SINK_ROWS.labels(sink="redis", table="recommendations").inc(stats.stream_entries)

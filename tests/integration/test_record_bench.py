@@ -85,6 +85,11 @@ def test_bench_command_writes_every_result_key_and_a_chart(bootstrap: str, tmp_p
     assert data["hcp_peak_rss_mb"] > 50
     assert data["hcp_recommendations"] == 1050  # one window: every device once
     assert data["same_recommendations"] is True
+    # Every part that ran has the load average it found and left, and the busy-machine mark.
+    assert {"limit_json_1", "hcp_json", "baseline", "frames"} <= set(data["loadavg"])
+    for load in data["loadavg"].values():
+        assert len(load["start"]) == len(load["end"]) == 3
+        assert isinstance(load["over_1_5_per_core"], bool)
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -100,3 +100,28 @@ def test_a_rewritten_window_leaves_the_same_bytes(writer, client, redis_prefix):
     before = [client.get(keys.snapshot(s)) for s in sites]
     writer.write_batch([("recs", df)])
     assert [client.get(keys.snapshot(s)) for s in sites] == before
+
+
+def test_a_changed_only_stream_carries_only_moved_decisions(client, redis_url, redis_prefix):
+    writer = RedisWriter(redis_url, redis_prefix, stream_changed_only=True)
+    keys = RedisKeys(redis_prefix)
+    first = synthetic_recs(50, W, seed=5)
+    second = first.with_columns(
+        pl.lit(W + STEP).alias("window_end"),
+        (pl.col("revenue_usd_hr") + 0.5).alias("revenue_usd_hr"),
+        pl.when(pl.int_range(pl.len()) < 3).then(pl.lit("power_cap"))
+        .otherwise(pl.col("reason")).alias("reason"),
+    )
+    changed = set(second.filter(pl.col("reason") != first["reason"])["device_id"])
+    writer.write_batch([("recs", first)])
+    writer.write_batch([("recs", second)])
+    writer.close()
+    entries = client.xrange(keys.recs_stream, min=f"{W + STEP}-0")
+    assert {e[1][b"device_id"].decode() for e in entries} == changed
+    assert client.xlen(keys.recs_stream) == 50 + len(changed)
+    for row in second.iter_rows(named=True):  # every hash and the snapshot moved on
+        stored_hash = client.hgetall(keys.rec + row["device_id"])
+        assert int(stored_hash[b"window_end"]) == W + STEP
+        assert float(stored_hash[b"revenue_usd_hr"]) == row["revenue_usd_hr"]
+    snap = pl.concat(stored(client, redis_prefix).values())
+    assert set(snap["window_end"]) == {W + STEP} and snap.height == 50

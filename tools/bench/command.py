@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
 import shlex
 import sys
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from hcp.config import env_arg, env_flag, positive_int
@@ -50,6 +53,24 @@ def _not_wired(part: str, exc: NotImplementedError, results: BenchResults) -> No
     results.notes.append(f"{part}: not wired yet")
 
 
+@contextmanager
+def part_load(results: BenchResults, part: str) -> Iterator[None]:
+    """Record the load average around one part (see ``BenchResults.loadavg``).
+
+    The start is the load the part found (the previous part's own load fades from the
+    1-minute figure in about a minute); the end includes the part's own processes.
+    """
+    start = [round(x, 2) for x in os.getloadavg()]
+    try:
+        yield
+    finally:
+        results.loadavg[part] = {
+            "start": start,
+            "end": [round(x, 2) for x in os.getloadavg()],
+            "over_1_5_per_core": start[0] > 1.5 * (os.cpu_count() or 1),
+        }
+
+
 def _phase(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -59,7 +80,8 @@ def _run_jobs(ctx: hooks.BenchContext, results: BenchResults, args: argparse.Nam
     hcp_run = baseline_run = None
     _phase(f"HCP: hcp run --once over {ctx.events:,} events (Redis, PostgreSQL, DLQ on) ...")
     try:
-        hcp_run = hooks.run_hcp(ctx)
+        with part_load(results, "hcp_json"):
+            hcp_run = hooks.run_hcp(ctx)
     except NotImplementedError as exc:
         _not_wired("HCP", exc, results)
     if hcp_run is not None:
@@ -74,7 +96,8 @@ def _run_jobs(ctx: hooks.BenchContext, results: BenchResults, args: argparse.Nam
     if not args.skip_baseline:
         _phase("baseline: python -m tools.bench.baseline.flow (per-event Bytewax) ...")
         try:
-            baseline_run = hooks.run_baseline(ctx)
+            with part_load(results, "baseline"):
+                baseline_run = hooks.run_baseline(ctx)
         except NotImplementedError as exc:
             _not_wired("baseline", exc, results)
     if baseline_run is not None:
@@ -102,11 +125,12 @@ def _run_latency(bootstrap: str, args: argparse.Namespace, results: BenchResults
     for rate in rates:
         _phase(f"latency: {rate:,.0f} events/s in real time, {windows} windows of "
                f"{window_s:g} s (+1 warm-up), lateness {args.latency_lateness_s:g} s ...")
-        lat = measure_latency(
-            bootstrap, args.redis, args.pg, events_per_s=rate, window_s=window_s,
-            windows=windows, lateness_s=args.latency_lateness_s,
-            idle_timeout_s=args.latency_idle_timeout_s,
-        )
+        with part_load(results, f"latency_json_{rate:.0f}"):
+            lat = measure_latency(
+                bootstrap, args.redis, args.pg, events_per_s=rate, window_s=window_s,
+                windows=windows, lateness_s=args.latency_lateness_s,
+                idle_timeout_s=args.latency_idle_timeout_s,
+            )
         summary = lat.summary()
         results.latency.append(summary)
         _phase(f"latency @ {rate:,.0f}/s: p50 {summary['p50_s']} s, p99 {summary['p99_s']} s "
@@ -165,8 +189,9 @@ def _json_part(
     for i in range(args.limit_runs):
         label = "limit" if args.limit_runs == 1 else f"limit {i + 1}/{args.limit_runs}"
         progress = Progress(label, total=filled.events, enabled=not args.quiet)
-        runs.append(measure_limit(bootstrap, topics.inputs(), decoder=args.decoder,
-                                  progress=progress.update))
+        with part_load(results, f"limit_json_{i + 1}"):
+            runs.append(measure_limit(bootstrap, topics.inputs(), decoder=args.decoder,
+                                      progress=progress.update))
         progress.close()
     limit = max(runs, key=lambda r: r.events_per_s)
     results.limit_runs_events_per_s = [round(r.events_per_s, 1) for r in runs]
@@ -240,7 +265,15 @@ def _bench(args: argparse.Namespace) -> int:
                 base, asics=spec.asics, gpus=spec.gpus, sites=spec.sites, seed=spec.seed,
                 partitions=spec.partitions,
             )
-            run_frames_part(bootstrap, args, results, frames_spec)
+            with part_load(results, "frames"):
+                run_frames_part(bootstrap, args, results, frames_spec)
+    if args.with_api:
+        from tools.bench.api import run_api_bench
+
+        _phase("api: hcp bench api ...")
+        with part_load(results, "api"):
+            run_api_bench(args)
+        results.api = json.loads(Path(args.api_out).read_text())
 
     write_json(results, out)
     write_chart(results, chart)
@@ -309,6 +342,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              help="do not run the frames part (telemetry as site-collector Arrow frames)")
     env_flag(p, "--frames-only", env="HCP_BENCH_FRAMES_ONLY",
              help="run only the frames part (no JSON limit, HCP, baseline or JSON latency)")
+    env_flag(p, "--with-api", env="HCP_BENCH_WITH_API",
+             help="after the pipeline parts, run `hcp bench api` too and put its results "
+             "under \"api\" in --out (needs wrk)")
     env_flag(p, "--skip-frames-json", env="HCP_BENCH_SKIP_FRAMES_JSON",
              help="frames part: do not run the same samples as JSON through HCP (no "
              "same_recommendations_frames)")

@@ -93,6 +93,10 @@ class BenchResults:
     latency_frames_p99_s: float | None = None
     hcp_frames_peak_rss_mb: float | None = None
     frames: dict[str, Any] = field(default_factory=dict)
+    # Per part: the machine's load average (1, 5, 15 min) as it started and ended, and
+    # whether the start exceeded 1.5 per core (the part ran on a busy machine).
+    loadavg: dict[str, dict[str, Any]] = field(default_factory=dict)
+    api: dict[str, Any] = field(default_factory=dict)  # `hcp bench --with-api`
 
     @property
     def hcp_frames_over_limit(self) -> float | None:
