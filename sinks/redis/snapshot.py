@@ -55,7 +55,8 @@ def encode_snapshot(df: pl.DataFrame) -> bytes:
     """REC_SCHEMA rows as an Arrow IPC file, LZ4-compressed: the prices-used columns repeat
     across a site, so 310,000 rows take 22 MB instead of 73 MB for about the same CPU."""
     buf = io.BytesIO()
-    df.select(list(REC_SCHEMA)).write_ipc(buf, compression="lz4")
+    # One record batch whatever the merge left: equal rows give equal bytes.
+    df.select(list(REC_SCHEMA)).rechunk().write_ipc(buf, compression="lz4")
     return buf.getvalue()
 
 

@@ -109,7 +109,10 @@ def wait_for(predicate: object, timeout: float = 60, step: float = 0.1) -> None:
 
 def redis_dump(url: str, prefix: str) -> dict[str, object]:
     """Every key under ``prefix`` (prefix removed) with its whole content."""
+    from sinks.redis.snapshot import decode_snapshot
+
     client = redis.Redis.from_url(url, decode_responses=True)
+    raw = redis.Redis.from_url(url)  # the Arrow snapshots are binary: compared as rows
     out: dict[str, object] = {}
     for key in client.scan_iter(f"{prefix}*", count=10_000):
         kind = client.type(key)
@@ -120,6 +123,8 @@ def redis_dump(url: str, prefix: str) -> dict[str, object]:
             out[name] = client.xrange(key)
         elif kind == "set":
             out[name] = sorted(client.smembers(key))
+        elif name.startswith("snapshot:site:"):
+            out[name] = tuple(decode_snapshot(raw.get(key)).rows())
         else:
             out[name] = client.get(key)
     return out

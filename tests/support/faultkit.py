@@ -434,6 +434,11 @@ def redis_state(url: str, prefix: str) -> dict[str, object]:
             state[name] = sorted(client.smembers(key))
         elif kind == "stream":
             state[name] = client.xrange(key)
+        elif name.startswith("snapshot:site:"):  # binary Arrow: compared as its rows
+            from sinks.redis.snapshot import decode_snapshot
+
+            with redis.Redis.from_url(url) as raw:
+                state[name] = tuple(decode_snapshot(raw.get(key)).rows())
         else:
             state[name] = client.dump(key)
     client.close()
