@@ -141,20 +141,6 @@ class ReadModel:
     def staleness_s(self) -> float:
         return time.monotonic() - self.synced_at if self.synced_at else float("inf")
 
-    def page(
-        self,
-        *,
-        sites: list[str] | None,
-        types: set[str] | None,
-        actions: set[str] | None,
-        states: set[str] | None,
-        after: str | None,
-        limit: int,
-    ) -> tuple[list[Rec], str | None]:
-        """Recs in device-id order after ``after`` that pass the filters; next cursor or None."""
-        return self.recs.page(sites=sites, types=types, actions=actions, states=states,
-                              after=after, limit=limit)
-
     # --- keeping it current ---------------------------------------------------------------
 
     def start(self) -> None:

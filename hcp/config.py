@@ -146,12 +146,16 @@ def speed_value(text: str) -> float:
 ENCODINGS = ("json", "frames")
 
 
-def telemetry_encoding(text: str) -> str:
-    """``json`` or ``frames``."""
-    if text not in ENCODINGS:
-        msg = f"must be one of {', '.join(ENCODINGS)}, not {text!r}"
+def _one_of(text: str, choices: tuple[str, ...]) -> str:
+    if text not in choices:
+        msg = f"must be one of {', '.join(choices)}, not {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return text
+
+
+def telemetry_encoding(text: str) -> str:
+    """``json`` or ``frames``."""
+    return _one_of(text, ENCODINGS)
 
 
 STREAM_MODES = ("all", "changed")
@@ -159,10 +163,7 @@ STREAM_MODES = ("all", "changed")
 
 def stream_mode(text: str) -> str:
     """``all`` or ``changed`` (what the Redis recommendation stream carries)."""
-    if text not in STREAM_MODES:
-        msg = f"must be one of {', '.join(STREAM_MODES)}, not {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return text
+    return _one_of(text, STREAM_MODES)
 
 
 def redis_url(text: str) -> str:

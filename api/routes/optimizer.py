@@ -254,7 +254,7 @@ async def recommendations(
     after = decode_cursor(cursor)
     rm = await ensure_model(services)
     sites = sorted(csv_set(site) or [])
-    items, last = rm.page(
+    items, last = rm.recs.page(
         sites=sites or None, types=csv_set(type), actions=csv_set(action), states=None,
         after=after, limit=limit,
     )

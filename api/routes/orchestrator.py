@@ -338,7 +338,7 @@ async def list_resources(
     rm = await ensure_model(_services(request))
     after = decode_cursor(cursor)
     sites = sorted(csv_set(site) or [])
-    items, last = rm.page(
+    items, last = rm.recs.page(
         sites=sites or None, types=csv_set(type), actions=csv_set(action),
         states=csv_set(state), after=after, limit=limit,
     )

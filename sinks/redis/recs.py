@@ -144,7 +144,9 @@ def write_recs(
         df = df.filter(pl.col("device_id").is_not_null() & pl.col("window_end").is_not_null())
     if df.height == 0:
         return stats
-    run_id = str(client.info("server").get("run_id", "")) if snapshot_sha else ""
+    # Which Redis this is (a restart forgets what the caches remember): asked once per call.
+    remembers = snapshot_sha is not None or cache is not None
+    run_id = str(client.info("server").get("run_id", "")) if remembers else ""
     for window_end in df["window_end"].unique().sort().to_list():
         window = df.filter(pl.col("window_end") == window_end).sort("device_id")
         if snapshot_sha:
@@ -152,7 +154,7 @@ def write_recs(
                 client, keys, window, snapshot_sha, snapshots or SnapshotCache(), run_id
             )
         _write_window(client, keys, window, window_end, cond_hset_sha, stream_maxlen,
-                      chunk_rows, ring, cache, stats, changed_only)
+                      chunk_rows, ring, cache, stats, changed_only, run_id)
         _write_summaries(client, keys, window, cond_hset_sha)
         stats.windows += 1
         stats.rows += window.height
@@ -177,12 +179,11 @@ def _write_window(
     cache: HashCache | None,
     stats: RecWriteStats,
     changed_only: bool = False,
+    run_id: str = "",
 ) -> None:
     last_ms, last_seq = stream_last_id(client, keys.recs_stream)
     previous: pl.DataFrame | None = None
-    run_id = ""
     if cache is not None:
-        run_id = str(client.info("server").get("run_id", ""))
         if cache.text is not None and cache.window_end == last_ms < window_end \
                 and cache.run_id == run_id:
             previous = cache.text
