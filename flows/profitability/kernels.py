@@ -246,8 +246,9 @@ def asic_decisions(
 ) -> None:
     """Profitability and mine/curtail decisions of one window's ASICs (SPEC 2 and 3).
 
-    ``mining_hash``/``mining_power`` are the means over this window's `mining` samples
-    (NaN when it had none); they update the expected hashrate and power. An ASIC whose
+    ``mining_hash``/``mining_power`` are the means of a window whose every sample was
+    `mining` (NaN otherwise: a window that switched is no mining window); they update the
+    expected hashrate and power. An ASIC whose
     last sample is ``fault`` is curtailed (``device_fault``), as a down GPU is powered
     down: it earns nothing, and under a power cap it must not take budget from working
     miners; its mine/curtail state is left as it was for when it recovers. ``action``,

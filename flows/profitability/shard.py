@@ -365,9 +365,13 @@ class ShardLogic(StatefulBatchLogic[tuple, tuple, bytes]):
         mean_hash = acc[k.A_HASH, idx] / count
         mean_power = acc[k.A_POWER, idx] / count
         mcount = acc[k.A_MCOUNT, idx]
+        # Only a window mined from end to end teaches what the miner draws when mining: a
+        # miner ramping down to sleep still reports some hashrate, and learning its 500 W
+        # would let the power cap wake it into a budget it does not fit.
+        whole = (mcount > 0) & (mcount == count)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mining_hash = np.where(mcount > 0, acc[k.A_MHASH, idx] / mcount, np.nan)
-            mining_power = np.where(mcount > 0, acc[k.A_MPOWER, idx] / mcount, np.nan)
+            mining_hash = np.where(whole, acc[k.A_MHASH, idx] / mcount, np.nan)
+            mining_power = np.where(whole, acc[k.A_MPOWER, idx] / mcount, np.nan)
         out = np.zeros((8, idx.shape[0]))
         action = np.zeros(idx.shape[0], np.int8)
         reason = np.zeros(idx.shape[0], np.int8)

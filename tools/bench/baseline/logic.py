@@ -185,7 +185,7 @@ class _Asic:
 def _asic_rec(st: _Asic, sums: list, prices: _Prices, end: int, cfg: BaselineConfig) -> dict:
     count = sums[0]
     mean_hash, mean_power = sums[1] / count, sums[2] / count
-    if sums[7] > 0:
+    if sums[7] > 0 and sums[7] == count:
         mining_hash, mining_power = sums[8] / sums[7], sums[9] / sums[7]
         if not math.isnan(mining_hash) and mining_hash > 0:
             st.exp_hash, st.exp_power = mining_hash, mining_power
