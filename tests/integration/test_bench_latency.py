@@ -1,4 +1,4 @@
-"""Latency of ``hcp bench``: the stream watcher, and one short real-time run end to end."""
+"""Latency of ``hcp bench``: the stream watcher, and short real-time runs end to end."""
 
 from __future__ import annotations
 
@@ -47,3 +47,21 @@ def test_measure_latency_end_to_end(bootstrap: str, redis_url: str, pg_dsn: str)
     assert s["p99_s"] < 5.0
     assert abs(s["p99_minus_lateness_s"] - (s["p99_s"] - 1.0)) < 1e-3
     assert s["late_events"] is not None
+    # The snapshots beside the stream: every device, and written before its entries.
+    assert s["readable_via"] == "stream"
+    assert s["snapshot_recommendations"] == 2 * 2_000
+    assert s["snapshot_p50_s"] <= s["p50_s"] + 0.05
+
+
+def test_measure_latency_times_snapshots_when_the_stream_carries_only_changes(
+    bootstrap: str, redis_url: str, pg_dsn: str
+) -> None:
+    lat = measure_latency(bootstrap, redis_url, pg_dsn, events_per_s=2_000, window_s=2.0,
+                          windows=2, lateness_s=1.0, idle_timeout_s=0.5, redis_stream="changed")
+    s = lat.summary()
+    assert s["readable_via"] == "snapshot"
+    assert s["windows"] == 2
+    # The stream holds few entries a window; the snapshots hold every device.
+    assert s["recommendations"] == s["snapshot_recommendations"] == 2 * 2_000
+    assert s["p50_s"] >= 0.9
+    assert s["p99_s"] < 5.0

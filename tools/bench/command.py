@@ -130,6 +130,7 @@ def _run_latency(bootstrap: str, args: argparse.Namespace, results: BenchResults
                 bootstrap, args.redis, args.pg, events_per_s=rate, window_s=window_s,
                 windows=windows, lateness_s=args.latency_lateness_s,
                 idle_timeout_s=args.latency_idle_timeout_s,
+                redis_stream=args.latency_redis_stream,
             )
         summary = lat.summary()
         results.latency.append(summary)
@@ -333,6 +334,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             type=float, help="allowed lateness of the latency runs")
     env_arg(p, "--latency-idle-timeout-s", env="HCP_BENCH_LATENCY_IDLE_TIMEOUT_S", default=0.5,
             type=float, help="--idle-timeout-s of the latency runs (sparse price partitions)")
+    env_arg(p, "--latency-redis-stream", env="HCP_BENCH_LATENCY_REDIS_STREAM", default="all",
+            choices=("all", "changed"),
+            help="--redis-stream of the latency runs; 'changed' times each window by its "
+            "Redis snapshots (the stream then holds only moved decisions), 'all' by the "
+            "stream, with the snapshots' figures beside it")
     env_arg(p, "--broker", env="HCP_BENCH_BROKER", default="embedded",
             choices=("embedded", "external"),
             help="'embedded' starts a Tansu broker for the run; 'external' uses --bootstrap")

@@ -134,12 +134,15 @@ def run_frames_part(
                f"recommendations: {results.same_recommendations_frames}")
 
     if not args.skip_latency:
-        info["latency"] = frames_latency(bootstrap, args.redis, args.pg, spec)
+        info["latency"] = frames_latency(bootstrap, args.redis, args.pg, spec,
+                                         redis_stream=args.latency_redis_stream)
         results.latency_frames_p99_s = info["latency"]["p99_s"]
     results.frames = info
 
 
-def frames_latency(bootstrap: str, redis_url: str, pg_dsn: str, spec: FramesSpec) -> dict:
+def frames_latency(
+    bootstrap: str, redis_url: str, pg_dsn: str, spec: FramesSpec, redis_stream: str = "all"
+) -> dict:
     """Live latency with the real-time generator sending frames; its summary dict."""
     rate = float(spec.asics + spec.gpus)
     _phase(f"latency with frames: {rate:,.0f} devices at 1 Hz, {spec.latency_windows} "
@@ -150,10 +153,13 @@ def frames_latency(bootstrap: str, redis_url: str, pg_dsn: str, spec: FramesSpec
         window_s=spec.latency_window_s, windows=spec.latency_windows,
         lateness_s=spec.latency_lateness_s, idle_timeout_s=spec.latency_idle_timeout_s,
         sites=spec.sites, encoding="frames", devices=(spec.asics, spec.gpus),
+        redis_stream=redis_stream,
     )
     summary = lat.summary()
     summary["wall_s"] = round(time.monotonic() - started, 1)
-    _phase(f"latency with frames: p50 {summary['p50_s']} s, p99 {summary['p99_s']} s; "
+    _phase(f"latency with frames (--redis-stream {redis_stream}, timed by "
+           f"{summary['readable_via']}): p50 {summary['p50_s']} s, p99 {summary['p99_s']} s, "
+           f"snapshots p99 {summary['snapshot_p99_s']} s; "
            f"generator kept up: {summary['generator_kept_up']}, "
            f"job kept up: {summary['job_kept_up']}")
     return summary
@@ -172,12 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-only", action="store_true", required=True)
     p.add_argument("--quick", action="store_true", help="the --quick fleet and windows")
     p.add_argument("--out", default="bench-results/frames-latency.json")
+    p.add_argument("--redis-stream", default="all", choices=("all", "changed"),
+                   help="the job's --redis-stream (see hcp bench --latency-redis-stream)")
     p.add_argument("--redis", default=default("redis"))
     p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = p.parse_args(argv)
     spec = QUICK if args.quick else FULL
     with EmbeddedBroker() as broker:
-        summary = frames_latency(broker.bootstrap, args.redis, args.pg, spec)
+        summary = frames_latency(broker.bootstrap, args.redis, args.pg, spec,
+                                 redis_stream=args.redis_stream)
     text = json.dumps({"command": "python -m tools.bench.frames " + " ".join(argv or sys.argv[1:]),
                        "latency_frames_p99_s": summary["p99_s"], "latency": summary}, indent=2)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -34,12 +34,14 @@ import numpy as np
 from hcp.errors import HcpError
 from hcp.kafka_config import kafka_conf
 from hcp.redis_client import redis_client
+from sinks.redis.layout import RedisKeys
 
 __all__ = [
     "LatencyResult",
     "RateLatency",
     "RecommendationWatcher",
     "SimClock",
+    "SnapshotProgressWatcher",
     "StreamProgressWatcher",
     "devices_for_rate",
     "measure_latency",
@@ -156,6 +158,8 @@ class RateLatency:
     generator_events: int = 0
     simulated_s: int = 0
     late_events: float | None = None
+    readable_via: str = "stream"
+    snapshot_latencies_s: list[float] = field(default_factory=list, repr=False)
 
     @property
     def kept_up(self) -> bool:
@@ -180,6 +184,7 @@ class RateLatency:
         p50, p99 = percentiles(self.latencies_s)
         adj = [v - self.lateness_s for v in self.latencies_s]
         a50, a99 = percentiles(adj)
+        s50, s99 = percentiles(self.snapshot_latencies_s)
         mx = max(self.latencies_s) if self.latencies_s else None
         rnd = (lambda v: None if v is None else round(v, 4))  # noqa: E731
         return {
@@ -201,6 +206,10 @@ class RateLatency:
             "p50_minus_lateness_s": rnd(a50),
             "p99_minus_lateness_s": rnd(a99),
             "late_events": self.late_events,
+            "readable_via": self.readable_via,
+            "snapshot_p50_s": rnd(s50),
+            "snapshot_p99_s": rnd(s99),
+            "snapshot_recommendations": len(self.snapshot_latencies_s),
         }
 
 
@@ -275,6 +284,63 @@ class StreamProgressWatcher:
             self._error = exc
 
 
+class SnapshotProgressWatcher:
+    """Polls the snapshot index every ``interval_s`` and times each site's new window.
+
+    The index (``snapshot:sites``: site -> newest window_end) moves once a site's columnar
+    snapshot is in Redis, which is how the API reads a window and the only sign of it
+    under ``--redis-stream changed``. A step counts the site's rows of that window (its
+    ``window_end`` column alone is decoded). One writer per site is assumed, as in one
+    ``hcp run``: a second write of the same site and window does not move the index.
+    """
+
+    def __init__(self, redis_url: str, keys: RedisKeys, interval_s: float = 0.01) -> None:
+        self.client = redis_client(redis_url)
+        self.keys = keys
+        self.interval_s = interval_s
+        self.steps: list[tuple[float, int, int]] = []
+        self._known: dict[bytes, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
+        self._error: BaseException | None = None
+
+    def start(self) -> SnapshotProgressWatcher:
+        self._known = {s: int(v) for s, v in self.client.hgetall(self.keys.snapshots).items()}
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[tuple[float, int, int]]:
+        self._stop.set()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.steps
+
+    def _rows_of(self, site: bytes, window_end: int) -> int:
+        import io
+
+        import polars as pl
+
+        raw = self.client.get(self.keys.snapshot(site.decode()))
+        if raw is None:
+            return 0
+        ends = pl.read_ipc(io.BytesIO(raw), columns=["window_end"])["window_end"]
+        return int((ends == window_end).sum())
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval_s):
+                index = self.client.hgetall(self.keys.snapshots)
+                seen = time.time()
+                for site, value in index.items():
+                    end = int(value)
+                    if end > self._known.get(site, -1):
+                        self._known[site] = end
+                        self.steps.append((seen, end, self._rows_of(site, end)))
+        except BaseException as exc:
+            self._error = exc
+
+
 def _free_port() -> int:
     import socket
 
@@ -333,6 +399,7 @@ def measure_latency(
     log_to: TextIO | None = None,
     encoding: str = "json",
     devices: tuple[int, int] | None = None,
+    redis_stream: str = "all",
 ) -> RateLatency:
     """Latency from window end to readable recommendation at a fixed real-time rate.
 
@@ -342,8 +409,10 @@ def measure_latency(
     seconds, timing each recommendation's appearance in ``{prefix}recommendations``.
     ``encoding`` is the generator's (``frames``: site collectors' Arrow frames, SPEC 1b);
     ``devices`` = (asics, gpus) overrides the fleet derived from ``events_per_s``.
+    ``redis_stream`` is the job's ``--redis-stream``: with ``all`` the headline times the
+    stream entries (and the snapshots beside them); with ``changed`` the stream holds only
+    moved decisions, so the headline times the snapshots.
     """
-    from sinks.redis.layout import RedisKeys
     from tools.bench.hooks import delete_redis_prefix, fresh_database
 
     run_id = uuid.uuid4().hex[:8]
@@ -363,12 +432,19 @@ def measure_latency(
             "--redis", redis_url, "--redis-prefix", redis_prefix, "--pg", dsn,
             "--metrics-port", str(port), "--window-s", str(window_s),
             "--lateness-s", str(lateness_s), "--idle-timeout-s", str(idle_timeout_s),
+            "--redis-stream", redis_stream,
         ]
         job = subprocess.Popen(job_cmd, stderr=log_to or subprocess.DEVNULL)
         try:
             _wait_ready(port, job)
             time.sleep(2.0)  # consumers assigned, kernels loaded
-            watcher = StreamProgressWatcher(redis_url, RedisKeys(redis_prefix).recs_stream).start()
+            keys = RedisKeys(redis_prefix)
+            snapshots = SnapshotProgressWatcher(redis_url, keys).start()
+            stream = (
+                StreamProgressWatcher(redis_url, keys.recs_stream).start()
+                if redis_stream == "all" else None
+            )
+            watcher = stream or snapshots
             gen_cmd = [
                 sys.executable, "-m", "tools.bench.latency", "--bootstrap", bootstrap,
                 "--topic-prefix", prefix, "--asics", str(asics), "--gpus", str(gpus),
@@ -387,6 +463,7 @@ def measure_latency(
             while time.monotonic() < deadline and not _complete(watcher.steps, last_end, devices):
                 time.sleep(0.5)
             steps = watcher.stop()
+            snapshot_steps = snapshots.stop() if stream is not None else steps
             result.late_events = _scrape(port, "hcp_late_events_total")
         finally:
             job.send_signal(signal.SIGTERM)
@@ -398,18 +475,28 @@ def measure_latency(
             delete_redis_prefix(redis_url, redis_prefix)
             _delete_topics(bootstrap, prefix)
     clock = SimClock(sim0_ms=sim0_ms, wall0=report["anchor"])
-    seen_windows: set[int] = set()
-    for seen, window_end, n in steps:
-        if first_end <= window_end <= last_end:
-            seen_windows.add(window_end)
-            result.latencies_s.extend([seen - clock.wall_of(window_end)] * n)
-    result.windows = len(seen_windows)
+    result.readable_via = "stream" if redis_stream == "all" else "snapshot"
+    result.windows, result.latencies_s = _latencies(steps, clock, first_end, last_end)
+    _, result.snapshot_latencies_s = _latencies(snapshot_steps, clock, first_end, last_end)
     result.windows_expected = windows
     result.recommendations = len(result.latencies_s)
     result.generator_wall_s = report["wall_s"]
     result.generator_events = report["events"]
     result.simulated_s = seconds
     return result
+
+
+def _latencies(
+    steps: list[tuple[float, int, int]], clock: SimClock, first_end: int, last_end: int
+) -> tuple[int, list[float]]:
+    """(windows seen, one latency per recommendation) of the measured windows' steps."""
+    seen_windows: set[int] = set()
+    out: list[float] = []
+    for seen, window_end, n in steps:
+        if first_end <= window_end <= last_end:
+            seen_windows.add(window_end)
+            out.extend([seen - clock.wall_of(window_end)] * n)
+    return len(seen_windows), out
 
 
 def _complete(steps: list[tuple[float, int, int]], last_end: int, devices: int) -> bool:
