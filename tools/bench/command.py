@@ -117,6 +117,25 @@ def _run_jobs(ctx: hooks.BenchContext, results: BenchResults, args: argparse.Nam
         _phase(f"same recommendations: {results.same_recommendations}")
 
 
+def _cluster_part(bootstrap: str, args: argparse.Namespace, results: BenchResults) -> None:
+    """``python -m tools.bench.cluster`` (1 and 2 processes, stage costs) on this broker."""
+    import tempfile
+
+    from tools.bench import cluster
+
+    _phase("cluster: hcp run --once with 1 and 2 processes over the same topics ...")
+    with tempfile.TemporaryDirectory(prefix="hcp-bench-cluster-") as tmp, part_load(
+        results, "cluster"
+    ):
+        out = Path(tmp) / "cluster.json"
+        cluster.main(["--bootstrap", bootstrap, "--redis", args.redis, "--pg", args.pg,
+                      "--out", str(out)])
+        results.cluster = json.loads(out.read_text())
+    runs = results.cluster["runs"]
+    _phase("cluster: " + ", ".join(
+        f"{r['processes']} process(es) {r['events_per_s']:,} events/s" for r in runs))
+
+
 def _run_latency(bootstrap: str, args: argparse.Namespace, results: BenchResults) -> None:
     """Latency at each rate; the headline figures are those of the fastest sustained rate."""
     rates = args.latency_rates or ([QUICK_LATENCY_RATE] if args.quick else DEFAULT_LATENCY_RATES)
@@ -268,7 +287,17 @@ def _bench(args: argparse.Namespace) -> int:
             )
             with part_load(results, "frames"):
                 run_frames_part(bootstrap, args, results, frames_spec)
-    if args.with_api:
+        if args.with_cluster or args.every_part:
+            _cluster_part(bootstrap, args, results)
+        if args.with_backtest or args.every_part:
+            from tools.bench.backtest import run_backtest_part
+
+            _phase("backtest: fill, hcp record, hcp backtest with two policies ...")
+            with part_load(results, "backtest"):
+                results.backtest = run_backtest_part(bootstrap)
+            _phase(f"backtest: {results.backtest['backtest_messages_per_s']:,.0f} messages/s, "
+                   f"{results.backtest['speedup']}x real time")
+    if args.with_api or args.every_part:
         from tools.bench.api import run_api_bench
 
         _phase("api: hcp bench api ...")
@@ -351,6 +380,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     env_flag(p, "--with-api", env="HCP_BENCH_WITH_API",
              help="after the pipeline parts, run `hcp bench api` too and put its results "
              "under \"api\" in --out (needs wrk)")
+    env_flag(p, "--with-cluster", env="HCP_BENCH_WITH_CLUSTER",
+             help="also run python -m tools.bench.cluster (hcp run with 1 and 2 processes, "
+             "stage costs) and put its results under \"cluster\"")
+    env_flag(p, "--with-backtest", env="HCP_BENCH_WITH_BACKTEST",
+             help="also fill, record and backtest (python -m tools.bench.backtest) and put "
+             "its results under \"backtest\"")
+    env_flag(p, "--every-part", env="HCP_BENCH_EVERY_PART",
+             help="--with-api, --with-cluster and --with-backtest: every part in one run")
     env_flag(p, "--skip-frames-json", env="HCP_BENCH_SKIP_FRAMES_JSON",
              help="frames part: do not run the same samples as JSON through HCP (no "
              "same_recommendations_frames)")

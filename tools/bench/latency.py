@@ -159,6 +159,7 @@ class RateLatency:
     simulated_s: int = 0
     late_events: float | None = None
     readable_via: str = "stream"
+    job_timers: dict[str, float | None] = field(default_factory=dict)
     snapshot_latencies_s: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -210,6 +211,7 @@ class RateLatency:
             "snapshot_p50_s": rnd(s50),
             "snapshot_p99_s": rnd(s99),
             "snapshot_recommendations": len(self.snapshot_latencies_s),
+            "job_timers": self.job_timers,
         }
 
 
@@ -364,6 +366,36 @@ def _scrape(port: int, name: str) -> float | None:
     return total
 
 
+def _scrape_job_timers(port: int) -> dict[str, float | None]:
+    """Where the job's time went, from its own /metrics at the end of a run: the latest
+    window's decision delay (wall time decided minus its simulated end, see
+    :func:`measure_latency`) and the summed seconds of the stages and sink writes."""
+    series = {
+        "close_delay_s": "hcp_window_close_delay_seconds",
+        "redis_write_s": 'hcp_sink_write_seconds_sum{sink="redis"}',
+        "postgres_write_s": 'hcp_sink_write_seconds_sum{sink="postgres"}',
+        "shards_s": 'hcp_stage_seconds_sum{stage="shards"}',
+        "site_groups_s": 'hcp_stage_seconds_sum{stage="site_groups"}',
+        "fleet_s": 'hcp_stage_seconds_sum{stage="fleet"}',
+    }
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return dict.fromkeys(series)
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        values[name] = value
+    out: dict[str, float | None] = {}
+    for key, name in series.items():
+        raw = values.get(name)
+        out[key] = None if raw is None else round(float(raw), 3)
+    return out
+
+
 def _wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -465,6 +497,7 @@ def measure_latency(
             steps = watcher.stop()
             snapshot_steps = snapshots.stop() if stream is not None else steps
             result.late_events = _scrape(port, "hcp_late_events_total")
+            result.job_timers = _scrape_job_timers(port)
         finally:
             job.send_signal(signal.SIGTERM)
             try:
@@ -475,6 +508,12 @@ def measure_latency(
             delete_redis_prefix(redis_url, redis_prefix)
             _delete_topics(bootstrap, prefix)
     clock = SimClock(sim0_ms=sim0_ms, wall0=report["anchor"])
+    delay = result.job_timers.pop("close_delay_s", None)
+    if delay is not None:
+        # The gauge is wall time minus simulated window end: put it on the sim clock.
+        result.job_timers["decided_after_window_end_s"] = round(
+            delay + sim0_ms / 1000.0 - clock.wall0, 3
+        )
     result.readable_via = "stream" if redis_stream == "all" else "snapshot"
     result.windows, result.latencies_s = _latencies(steps, clock, first_end, last_end)
     _, result.snapshot_latencies_s = _latencies(snapshot_steps, clock, first_end, last_end)

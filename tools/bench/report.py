@@ -97,6 +97,8 @@ class BenchResults:
     # whether the start exceeded 1.5 per core (the part ran on a busy machine).
     loadavg: dict[str, dict[str, Any]] = field(default_factory=dict)
     api: dict[str, Any] = field(default_factory=dict)  # `hcp bench --with-api`
+    cluster: dict[str, Any] = field(default_factory=dict)  # `--with-cluster`
+    backtest: dict[str, Any] = field(default_factory=dict)  # `--with-backtest`
 
     @property
     def hcp_frames_over_limit(self) -> float | None:
@@ -219,6 +221,18 @@ def format_table(results: BenchResults) -> str:
             ("latency frames p99 s", "n/a" if results.latency_frames_p99_s is None
              else f"{results.latency_frames_p99_s:.3f}"),
         ]
+    for run in results.cluster.get("runs", []):
+        rows.append((f"cluster {run['processes']} process(es)",
+                     f"{run['events_per_s']:,} events/s (job {run['job_s']} s)"))
+    if results.backtest:
+        bt = results.backtest
+        rows.append(("backtest", f"{bt['backtest_messages_per_s']:,.0f} messages/s over "
+                     f"{len(bt['policies'])} policies, {bt['speedup']}x real time"))
+    if results.api:
+        point = results.api.get("endpoints", {}).get("GET /api/v1/resources/{id}", {})
+        rows.append(("api point read", f"{point.get('requests_per_s')} req/s, "
+                     f"p99 {point.get('p99_ms')} ms, {results.api.get('point_read_ratio')}x "
+                     f"the reference; freshness {results.api.get('freshness_s')} s"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
