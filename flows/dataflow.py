@@ -85,6 +85,18 @@ class TimedLogic(StatefulBatchLogic):
         return self.inner.snapshot()
 
 
+def _redis_sink(settings: JobSettings, shutdown: Shutdown | None) -> Sink:
+    from sinks.redis.sink import RedisSink
+
+    return RedisSink(
+        settings.redis,
+        prefix=settings.redis_prefix,
+        stream_maxlen=settings.stream_maxlen,
+        stream_changed_only=settings.redis_stream == "changed",
+        shutdown=shutdown,
+    )
+
+
 def build_flow(
     settings: JobSettings,
     extra_sinks: Iterable[Sink] = (),
@@ -199,16 +211,22 @@ def build_flow(
 
     decided = op.stateful_batch("fleet", to_fleet, build_fleet)
     recs = op.map("untag_fleet", decided, lambda kv: kv[1])
+    if not settings.no_redis:
+        # The fleet's windows get their own Redis output step, built before the control
+        # loop and the router that also read them: a worker runs its steps in the order
+        # they were built, so the window reaches Redis before those steps take their turn
+        # (about 1 s sooner at 310,000 devices).
+        op.output("recs_out", recs, _redis_sink(settings, shutdown))
 
     # The control loop (docs/control-loop.md): commands for the fleet, and how it obeyed.
-    def build_compliance(resume: bytes | None) -> ComplianceLogic:
+    def build_compliance(resume: bytes | None) -> TimedLogic:
         state = pickle.loads(resume) if resume is not None else ComplianceState()
         config = ComplianceConfig(
             window_ms=settings.window_ms,
             grace_ms=settings.compliance_grace_ms,
             flag_windows=settings.compliance_windows,
         )
-        return ComplianceLogic(config, state)
+        return TimedLogic(ComplianceLogic(config, state), "compliance")
 
     to_compliance = op.map("to_compliance", recs, lambda item: ("fleet", item))
     judged = op.stateful_batch("compliance", to_compliance, build_compliance)
@@ -245,9 +263,9 @@ def build_flow(
 
     metered = add_metering(batches, routed)
     routed = op.merge("routed_and_metered", routed, metered)
-    # Redis takes whole windows from the fleet step (one ordered stream writer);
+    # Redis took whole windows from the fleet step above (one ordered stream writer);
     # PostgreSQL takes each group's rows where they are (keyed upserts, any order).
-    to_redis = op.merge("redis_outputs", recs, side, routed, control)
+    to_redis = op.merge("redis_outputs", side, routed, control)
     to_pg = op.merge("pg_outputs", group_rows, side, routed, control)
     group_windows = op.filter("group_windows", group_rows, lambda item: item[0] == Out.WINDOWS)
     everything = op.merge("outputs", recs, group_windows, side, routed, control)
@@ -257,15 +275,7 @@ def build_flow(
     history: dict[str, Sink] = {}
     addressed = []
     if not settings.no_redis:
-        from sinks.redis.sink import RedisSink
-
-        history["redis"] = RedisSink(
-            settings.redis,
-            prefix=settings.redis_prefix,
-            stream_maxlen=settings.stream_maxlen,
-            stream_changed_only=settings.redis_stream == "changed",
-            shutdown=shutdown,
-        )
+        history["redis"] = _redis_sink(settings, shutdown)
         addressed.append(op.map("for_redis", to_redis, lambda item: ("redis", item)))
     if not settings.no_pg:
         from sinks.postgres.sink import PostgresSink

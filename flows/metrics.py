@@ -108,7 +108,7 @@ SNAPSHOT_TIME = Gauge(
 )
 STAGE_SECONDS = Histogram(
     "hcp_stage_seconds",
-    "Time spent in one call of a stateful step (shards, site_groups, fleet)",
+    "Time spent in one call of a stateful step (shards, site_groups, fleet, compliance)",
     ["stage"],
 )
 WINDOW_CLOSE_DELAY = Gauge(

@@ -80,6 +80,7 @@ def _timers() -> dict[str, float]:
         "shards (fold, close, decide)": _sample("hcp_stage_seconds_sum", {"stage": "shards"}),
         "site groups (power caps)": _sample("hcp_stage_seconds_sum", {"stage": "site_groups"}),
         "fleet (order; global)": _sample("hcp_stage_seconds_sum", {"stage": "fleet"}),
+        "compliance (control loop)": _sample("hcp_stage_seconds_sum", {"stage": "compliance"}),
         "Redis write (global)": _sample("hcp_sink_write_seconds_sum", {"sink": "redis"}),
         "PostgreSQL write": _sample("hcp_sink_write_seconds_sum", {"sink": "postgres"}),
     }

@@ -377,6 +377,7 @@ def _scrape_job_timers(port: int) -> dict[str, float | None]:
         "shards_s": 'hcp_stage_seconds_sum{stage="shards"}',
         "site_groups_s": 'hcp_stage_seconds_sum{stage="site_groups"}',
         "fleet_s": 'hcp_stage_seconds_sum{stage="fleet"}',
+        "compliance_s": 'hcp_stage_seconds_sum{stage="compliance"}',
     }
     import urllib.request
 
