@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -244,6 +245,10 @@ def _bench(args: argparse.Namespace) -> int:
         from tools.bench.soak import soak_main
 
         return soak_main(args)
+    if (args.with_api or args.every_part) and shutil.which("wrk") is None:
+        # Said before the pipeline parts, not after twenty minutes of them.
+        msg = "--with-api needs wrk, which is not installed: apt-get install wrk"
+        raise ConfigError(msg)
     if args.frames_only and args.skip_frames:
         msg = "--frames-only and --skip-frames leave nothing to measure"
         raise ConfigError(msg)
@@ -299,6 +304,8 @@ def _bench(args: argparse.Namespace) -> int:
                    f"{results.backtest['speedup']}x real time")
     if args.with_api or args.every_part:
         from tools.bench.api import run_api_bench
+
+        write_json(results, out)  # the pipeline's figures stand even if the API part fails
 
         _phase("api: hcp bench api ...")
         with part_load(results, "api"):
