@@ -11,7 +11,6 @@ wall time (``speedup``), beside the record step's own speed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from hcp.topics import Topics
 from tools.backtest.command import backtest
 from tools.backtest.policy import Policy
 from tools.bench.fill import FillSpec, fill_topics
+from tools.bench.report import write_part
 from tools.record.recording import record
 
 __all__ = ["BACKTEST_SPEC", "run_backtest_part"]
@@ -74,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with EmbeddedBroker() as broker:
         result = run_backtest_part(broker.bootstrap)
-    text = json.dumps(result, indent=2)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
-    print(text)
+    print(write_part(Path(args.out), result))
     return 0
 
 

@@ -245,7 +245,9 @@ def _bench(args: argparse.Namespace) -> int:
         from tools.bench.soak import soak_main
 
         return soak_main(args)
-    if (args.with_api or args.every_part) and shutil.which("wrk") is None:
+    if args.every_part:
+        args.with_api = args.with_cluster = args.with_backtest = True
+    if args.with_api and shutil.which("wrk") is None:
         # Said before the pipeline parts, not after twenty minutes of them.
         msg = "--with-api needs wrk, which is not installed: apt-get install wrk"
         raise ConfigError(msg)
@@ -292,9 +294,9 @@ def _bench(args: argparse.Namespace) -> int:
             )
             with part_load(results, "frames"):
                 run_frames_part(bootstrap, args, results, frames_spec)
-        if args.with_cluster or args.every_part:
+        if args.with_cluster:
             _cluster_part(bootstrap, args, results)
-        if args.with_backtest or args.every_part:
+        if args.with_backtest:
             from tools.bench.backtest import run_backtest_part
 
             _phase("backtest: fill, hcp record, hcp backtest with two policies ...")
@@ -302,7 +304,7 @@ def _bench(args: argparse.Namespace) -> int:
                 results.backtest = run_backtest_part(bootstrap)
             _phase(f"backtest: {results.backtest['backtest_messages_per_s']:,.0f} messages/s, "
                    f"{results.backtest['speedup']}x real time")
-    if args.with_api or args.every_part:
+    if args.with_api:
         from tools.bench.api import run_api_bench
 
         write_json(results, out)  # the pipeline's figures stand even if the API part fails

@@ -30,7 +30,7 @@ from hcp.topics import Topics
 from tools.bench import hooks
 from tools.bench.latency import measure_latency
 from tools.bench.limit import measure_limit
-from tools.bench.report import BenchResults
+from tools.bench.report import BenchResults, write_part
 
 __all__ = ["FULL", "QUICK", "FramesSpec", "run_frames_part"]
 
@@ -168,7 +168,6 @@ def frames_latency(
 def main(argv: list[str] | None = None) -> int:
     """``python -m tools.bench.frames --latency-only``: the live latency with frames alone,
     on an embedded broker, its summary as JSON to ``--out`` (and stdout)."""
-    import json
     from pathlib import Path
 
     from hcp.settings import default
@@ -187,11 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     with EmbeddedBroker() as broker:
         summary = frames_latency(broker.bootstrap, args.redis, args.pg, spec,
                                  redis_stream=args.redis_stream)
-    text = json.dumps({"command": "python -m tools.bench.frames " + " ".join(argv or sys.argv[1:]),
-                       "latency_frames_p99_s": summary["p99_s"], "latency": summary}, indent=2)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
-    print(text)
+    print(write_part(Path(args.out), {
+        "command": "python -m tools.bench.frames " + " ".join(argv or sys.argv[1:]),
+        "latency_frames_p99_s": summary["p99_s"], "latency": summary,
+    }))
     return 0
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from hcp.errors import HcpError
 from hcp.kafka_config import kafka_conf
 from hcp.redis_client import redis_client
-from sinks.redis.layout import RedisKeys
+from sinks.redis.layout import RedisKeys, stream_last_id
 
 __all__ = [
     "LatencyResult",
@@ -215,7 +215,37 @@ class RateLatency:
         }
 
 
-class StreamProgressWatcher:
+class _PollingWatcher:
+    """A thread that calls ``_poll`` every ``interval_s`` until stopped, collecting steps
+    ``(wall time seen, window_end, recommendations of that window that became readable)``."""
+
+    def __init__(self, redis_url: str, name: str, interval_s: float) -> None:
+        self.client = redis_client(redis_url)
+        self.interval_s = interval_s
+        self.steps: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._error: BaseException | None = None
+
+    def stop(self) -> list[tuple[float, int, int]]:
+        self._stop.set()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.steps
+
+    def _poll(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval_s):
+                self._poll()
+        except BaseException as exc:
+            self._error = exc
+
+
+class StreamProgressWatcher(_PollingWatcher):
     """Polls the stream's last id every ``interval_s`` and times each entry's appearance.
 
     Entry ids are ``{window_end}-{seq}`` with ``seq`` 0..n-1 per window (sinks/redis/recs.py),
@@ -224,28 +254,13 @@ class StreamProgressWatcher:
     """
 
     def __init__(self, redis_url: str, stream: str, interval_s: float = 0.01) -> None:
-        self.client = redis_client(redis_url)
+        super().__init__(redis_url, "latency-watcher", interval_s)
         self.stream = stream
-        self.interval_s = interval_s
-        # (wall time seen, window_end, entries of that window that became readable)
-        self.steps: list[tuple[float, int, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="latency-watcher", daemon=True)
-        self._error: BaseException | None = None
 
     def start(self) -> StreamProgressWatcher:
-        from sinks.redis.layout import stream_last_id
-
         self._last = stream_last_id(self.client, self.stream)
         self._thread.start()
         return self
-
-    def stop(self) -> list[tuple[float, int, int]]:
-        self._stop.set()
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self.steps
 
     def _final_seq_before(self, window_end: int) -> tuple[int, int] | None:
         """The last entry with an id below ``window_end``-0, as (ms, seq)."""
@@ -255,38 +270,32 @@ class StreamProgressWatcher:
         ms, _, seq = got[0][0].decode().partition("-")
         return int(ms), int(seq)
 
-    def _run(self) -> None:
-        from sinks.redis.layout import stream_last_id
-
-        try:
-            while not self._stop.wait(self.interval_s):
-                now_id = stream_last_id(self.client, self.stream)
-                seen = time.time()
-                if now_id == self._last:
-                    continue
-                last_ms, last_seq = self._last
-                if now_id[0] == last_ms:
-                    self.steps.append((seen, last_ms, now_id[1] - last_seq))
-                else:
-                    # The window moved on: count what the earlier windows got since the
-                    # last poll, walking back from the new window to the one we knew.
-                    done: list[tuple[int, int]] = []
-                    upper = now_id[0]
-                    while (prev := self._final_seq_before(upper)) is not None:
-                        if prev[0] <= last_ms:
-                            if prev[0] == last_ms and prev[1] > last_seq:
-                                done.append((last_ms, prev[1] - last_seq))
-                            break
-                        done.append((prev[0], prev[1] + 1))
-                        upper = prev[0]
-                    self.steps.extend((seen, ms, n) for ms, n in reversed(done))
-                    self.steps.append((seen, now_id[0], now_id[1] + 1))
-                self._last = now_id
-        except BaseException as exc:
-            self._error = exc
+    def _poll(self) -> None:
+        now_id = stream_last_id(self.client, self.stream)
+        seen = time.time()
+        if now_id == self._last:
+            return
+        last_ms, last_seq = self._last
+        if now_id[0] == last_ms:
+            self.steps.append((seen, last_ms, now_id[1] - last_seq))
+        else:
+            # The window moved on: count what the earlier windows got since the
+            # last poll, walking back from the new window to the one we knew.
+            done: list[tuple[int, int]] = []
+            upper = now_id[0]
+            while (prev := self._final_seq_before(upper)) is not None:
+                if prev[0] <= last_ms:
+                    if prev[0] == last_ms and prev[1] > last_seq:
+                        done.append((last_ms, prev[1] - last_seq))
+                    break
+                done.append((prev[0], prev[1] + 1))
+                upper = prev[0]
+            self.steps.extend((seen, ms, n) for ms, n in reversed(done))
+            self.steps.append((seen, now_id[0], now_id[1] + 1))
+        self._last = now_id
 
 
-class SnapshotProgressWatcher:
+class SnapshotProgressWatcher(_PollingWatcher):
     """Polls the snapshot index every ``interval_s`` and times each site's new window.
 
     The index (``snapshot:sites``: site -> newest window_end) moves once a site's columnar
@@ -297,26 +306,14 @@ class SnapshotProgressWatcher:
     """
 
     def __init__(self, redis_url: str, keys: RedisKeys, interval_s: float = 0.01) -> None:
-        self.client = redis_client(redis_url)
+        super().__init__(redis_url, "snapshot-watcher", interval_s)
         self.keys = keys
-        self.interval_s = interval_s
-        self.steps: list[tuple[float, int, int]] = []
         self._known: dict[bytes, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
-        self._error: BaseException | None = None
 
     def start(self) -> SnapshotProgressWatcher:
         self._known = {s: int(v) for s, v in self.client.hgetall(self.keys.snapshots).items()}
         self._thread.start()
         return self
-
-    def stop(self) -> list[tuple[float, int, int]]:
-        self._stop.set()
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self.steps
 
     def _rows_of(self, site: bytes, window_end: int) -> int:
         import io
@@ -329,18 +326,14 @@ class SnapshotProgressWatcher:
         ends = pl.read_ipc(io.BytesIO(raw), columns=["window_end"])["window_end"]
         return int((ends == window_end).sum())
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(self.interval_s):
-                index = self.client.hgetall(self.keys.snapshots)
-                seen = time.time()
-                for site, value in index.items():
-                    end = int(value)
-                    if end > self._known.get(site, -1):
-                        self._known[site] = end
-                        self.steps.append((seen, end, self._rows_of(site, end)))
-        except BaseException as exc:
-            self._error = exc
+    def _poll(self) -> None:
+        index = self.client.hgetall(self.keys.snapshots)
+        seen = time.time()
+        for site, value in index.items():
+            end = int(value)
+            if end > self._known.get(site, -1):
+                self._known[site] = end
+                self.steps.append((seen, end, self._rows_of(site, end)))
 
 
 def _free_port() -> int:
@@ -351,13 +344,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _scrape(port: int, name: str) -> float | None:
+def _metrics_text(port: int) -> str | None:
+    """The job's /metrics page, None while it does not answer."""
     import urllib.request
 
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
+            return resp.read().decode()
     except OSError:
+        return None
+
+
+def _scrape(port: int, name: str) -> float | None:
+    text = _metrics_text(port)
+    if text is None:
         return None
     total = 0.0
     for line in text.splitlines():
@@ -379,12 +379,8 @@ def _scrape_job_timers(port: int) -> dict[str, float | None]:
         "fleet_s": 'hcp_stage_seconds_sum{stage="fleet"}',
         "compliance_s": 'hcp_stage_seconds_sum{stage="compliance"}',
     }
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
+    text = _metrics_text(port)
+    if text is None:
         return dict.fromkeys(series)
     values = {}
     for line in text.splitlines():

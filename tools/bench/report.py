@@ -142,6 +142,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def write_part(path: Path, data: dict[str, Any]) -> str:
+    """One part's results as indented JSON at ``path`` (its folder made); the text."""
+    text = json.dumps(data, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    return text
+
+
 def write_json(results: BenchResults, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results.to_dict(), indent=2) + "\n")
