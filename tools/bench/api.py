@@ -52,7 +52,7 @@ from sinks.redis.sink import RedisWriter
 from tools.bench.redis_sink import next_window, synthetic_recs
 from tools.broker import EmbeddedBroker, free_port
 
-__all__ = ["add_api_bench_args", "run_api_bench"]
+__all__ = ["add_api_bench_args", "require_wrk", "run_api_bench"]
 
 LUA = Path(__file__).with_name("wrk") / "api.lua"
 WINDOW_END = 1_800_000_000_000
@@ -163,10 +163,15 @@ def _prices() -> pl.DataFrame:
     return price_rows(df)
 
 
-def run_api_bench(args: argparse.Namespace) -> int:
-    """The whole ``hcp bench api`` run; prints the table, writes the JSON."""
+def require_wrk() -> None:
+    """ConfigError unless the wrk load generator is on PATH."""
     if shutil.which("wrk") is None:
         raise ConfigError("wrk is not installed: apt-get install wrk (Debian package 'wrk')")
+
+
+def run_api_bench(args: argparse.Namespace) -> int:
+    """The whole ``hcp bench api`` run; prints the table, writes the JSON."""
+    require_wrk()
     require("httpx", "bench", "hcp bench api")
     say = (lambda *a: None) if getattr(args, "quiet", False) else print
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -247,10 +246,10 @@ def _bench(args: argparse.Namespace) -> int:
         return soak_main(args)
     if args.every_part:
         args.with_api = args.with_cluster = args.with_backtest = True
-    if args.with_api and shutil.which("wrk") is None:
-        # Said before the pipeline parts, not after twenty minutes of them.
-        msg = "--with-api needs wrk, which is not installed: apt-get install wrk"
-        raise ConfigError(msg)
+    if args.with_api:
+        from tools.bench.api import require_wrk
+
+        require_wrk()  # said before the pipeline parts, not after twenty minutes of them
     if args.frames_only and args.skip_frames:
         msg = "--frames-only and --skip-frames leave nothing to measure"
         raise ConfigError(msg)
