@@ -72,6 +72,9 @@ def _fast_path(values: list[bytes | None], fields: tuple[Field, ...]) -> DecodeR
         return None
     if df.height != n:
         return None
+    # The byte scan spares the column check for batches that hold no such token at all.
+    if (b"true" in buf or b"false" in buf) and df.select(_cached_bool_text_expr(fields)).item():
+        return None
     reason = _cached_reason_expr(fields)
     checked = df.with_columns(reason.alias("_reason"), pl.int_range(pl.len()).alias("_i"))
     if checked["_reason"].null_count() == n:
@@ -93,6 +96,20 @@ def row_reasons(df: pl.DataFrame, fields: tuple[Field, ...]) -> pl.Series:
     sample gets the same verdict whichever encoding carried it.
     """
     return df.select(_cached_reason_expr(fields).alias("_reason")).to_series()
+
+
+@functools.cache
+def _cached_bool_text_expr(fields: tuple[Field, ...]) -> pl.Expr:
+    """Whether any string field reads "true" or "false".
+
+    polars' NDJSON reader turns a JSON boolean given for a string into that text, which
+    the strict path rejects as ``wrong_type``. A real "true" string is rare enough that
+    the batch can go to the strict path to tell the two apart.
+    """
+    strings = [pl.col(f.name) for f in fields if f.dtype == pl.String]
+    if not strings:
+        return pl.lit(False)
+    return pl.any_horizontal([c.is_in(["true", "false"]).any() for c in strings])
 
 
 @functools.cache

@@ -50,6 +50,10 @@ BAD = [
     (enc(asic(1, shares_accepted=1.5)), "wrong_type:shares_accepted"),
     (enc(asic(1, v=True)), "wrong_type:v"),
     (enc(asic(1, asic_id={"nested": 1})), "wrong_type:asic_id"),
+    # polars reads a boolean given for a string as "true": the fuzzer found these accepted.
+    (enc(asic(1, asic_id=True)), "wrong_type:asic_id"),
+    (enc(asic(1, site=False)), "wrong_type:site"),
+    (enc(asic(1, state=True)), "wrong_type:state"),
     (enc(asic(1, temp_c=999.0)), "out_of_range:temp_c"),
     (enc(asic(1, state="dancing")), "out_of_range:state"),
     (enc(asic(1, shares_rejected=-1)), "out_of_range:shares_rejected"),
@@ -98,6 +102,12 @@ def test_fast_and_strict_paths_agree_on_random_mixtures() -> None:
         singles = [decode_values([v], ASIC_FIELDS) for v in values]
         for i, reason in zip(result.bad_index, result.bad_reason, strict=True):
             assert singles[i].bad_reason == [reason]
+
+
+def test_a_true_string_is_still_a_valid_string() -> None:
+    result = decode_values([enc(asic(0)), enc(asic(1, site="true"))], ASIC_FIELDS)
+    assert result.bad_index == []
+    assert result.rows["site"].to_list() == ["site-01", "true"]
 
 
 def test_price_scope_is_required_for_scoped_kinds() -> None:
