@@ -13,11 +13,17 @@ before it can rely on:
 - when every input is idle (the producers paused), ``W`` is the furthest idle mark: nothing
   is on its way, so every window already covered closes;
 - **a pause ends for everyone at once**: the first data after a spell in which every input
-  was idle does not let the others' idleness stand. Each input idle during the pause holds
-  ``W`` at its own mark again until it delivers data, or reports idle once more at least
-  the idle timeout after the resume. Producers resume their partitions a few fetches
-  apart; without this rule the first partition back would close the windows that the
-  others have not delivered yet, and their in-order data would be dropped as late.
+  was idle does not let the others' idleness stand. Each input that went quiet with the
+  pause holds ``W`` at its own mark again until it delivers data, or reports idle once
+  more at least the idle timeout after the resume. Producers resume their partitions a
+  few fetches apart; without this rule the first partition back would close the windows
+  that the others have not delivered yet, and their in-order data would be dropped as
+  late. An input "went quiet with the pause" if its last data came at most the idle
+  timeout before the last data of any input (or no input has delivered any yet, as at a
+  job's start). One that was already idle before, such as a price partition that gets a
+  price a minute, did not hold ``W`` before the pause and does not after it: holding it
+  made every resume wait the idle timeout, which is every second for a fleet that
+  reports in per-second bursts (docs/benchmark.md).
 
 The rule depends on wall-clock silence only through the idle flags; with no idle input the
 watermark depends on the input alone (docs/architecture.md).
@@ -25,6 +31,7 @@ watermark depends on the input alone (docs/architecture.md).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -47,6 +54,8 @@ class InputProgress:
     idle: bool = False
     # Idle during a pause that has since ended: holds the watermark until it qualifies again.
     held: bool = False
+    # Wall-clock time of its last data (snapshots from before this field read the default).
+    last_data_at: float = -math.inf
 
     @property
     def counts_idle(self) -> bool:
@@ -67,6 +76,7 @@ class Progress:
     inputs: dict[str, InputProgress] = field(default_factory=dict)
     paused: bool = False  # every live input counted idle at the last report
     resumed_at: float = 0.0  # wall-clock time of the first data after the last pause
+    last_data_at: float = -math.inf  # wall-clock time of the last data of any input
 
     @classmethod
     def create(
@@ -96,11 +106,19 @@ class Progress:
         inp.eof = inp.eof or eof
         has_data = ts is not None and ts.shape[0] > 0
         if has_data and self.paused:
-            # The first data after a pause: every input idle during it holds again.
+            # The first data after a pause: every input that went quiet with it holds again.
             self.paused = False
             self.resumed_at = now
+            quiet_from = self.last_data_at - self.idle_timeout_s
             for other in self.inputs.values():
-                other.held = other.idle and not other.eof
+                other.held = (
+                    other.idle
+                    and not other.eof
+                    and (other.last_data_at >= quiet_from or self.last_data_at == -math.inf)
+                )
+        if has_data:
+            inp.last_data_at = now
+            self.last_data_at = max(self.last_data_at, now)
         inp.idle = idle and not has_data
         # Data ends a hold; so does idleness reported the idle timeout after the resume.
         if has_data or (inp.idle and now - self.resumed_at >= self.idle_timeout_s):

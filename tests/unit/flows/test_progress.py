@@ -48,20 +48,52 @@ def test_after_a_pause_the_first_input_back_does_not_release_the_others() -> Non
     for i in ("a", "b", "empty"):
         p.observe(i, None, idle=True, now=40.0)
     assert p.paused and p.watermark() == 100_000 - L
-    # a resumes and runs minutes ahead; b and the empty input were idle during the pause.
+    # a resumes and runs minutes ahead; b went quiet with the pause and holds again. The
+    # empty input was idle before the pause (it never delivered) and does not.
     p.observe("a", ts(110_000, 400_000), now=50.0)
-    assert p.watermark() == NEG_INF  # held: the empty input too, for the grace
+    assert p.watermark() == 100_000 - L
     p.observe("b", None, idle=True, now=51.0)  # a heartbeat from before b's data came
-    p.observe("empty", None, idle=True, now=51.0)
-    assert p.watermark() == NEG_INF
+    assert p.watermark() == 100_000 - L
     late = p.observe("b", ts(110_000, 200_000), now=52.0)  # b's in-order data: not late
     assert not late.any()
-    p.observe("empty", None, idle=True, now=54.9)
-    assert p.watermark() == NEG_INF
-    p.observe("empty", None, idle=True, now=55.0)  # idle the timeout after the resume
     assert p.watermark() == 200_000 - L
     p.observe("b", None, idle=True, now=60.0)  # idle again while a is live: stops holding
     assert p.watermark() == 400_000 - L
+
+
+def test_a_held_input_that_stays_silent_is_let_go_the_idle_timeout_after_the_resume() -> None:
+    p = Progress.create(L, ("a", "b"), idle_timeout_s=5.0)
+    p.observe("a", ts(100_000), now=0.0)
+    p.observe("b", ts(90_000), now=0.0)
+    for i in ("a", "b"):
+        p.observe(i, None, idle=True, now=40.0)
+    p.observe("a", ts(400_000), now=50.0)
+    p.observe("b", None, idle=True, now=54.9)
+    assert p.watermark() == 90_000 - L
+    p.observe("b", None, idle=True, now=55.0)
+    assert p.watermark() == 400_000 - L
+
+
+def test_at_the_start_every_input_holds_until_it_reports() -> None:
+    p = Progress.create(L, ("a", "b"), idle_timeout_s=5.0)
+    p.observe("a", None, idle=True, now=1.0)
+    p.observe("b", None, idle=True, now=1.0)
+    assert p.paused
+    p.observe("a", ts(100_000), now=2.0)
+    assert p.watermark() == NEG_INF  # b's producer may be a fetch behind a's
+
+
+def test_an_input_idle_long_before_a_pause_does_not_hold_after_it() -> None:
+    # A fleet that reports in per-second bursts pauses every second: a price partition
+    # that got its last price a minute ago must not hold every resume for the timeout.
+    p = Progress.create(L, ("gpu", "prices"), idle_timeout_s=0.5)
+    p.observe("prices", ts(60_000), now=0.0)
+    p.observe("prices", None, idle=True, now=0.6)
+    for second in range(61, 70):
+        p.observe("gpu", ts(second * 1000), now=float(second))
+        assert p.watermark() == second * 1000 - L
+        p.observe("gpu", None, idle=True, now=second + 0.6)
+        assert p.paused
 
 
 def test_a_resume_without_a_pause_changes_nothing() -> None:
