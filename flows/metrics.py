@@ -32,6 +32,11 @@ LATE_EVENTS = Counter(
     "hcp_late_events_total", "Events beyond the allowed lateness, per kind", ["kind"]
 )
 DECODE_SECONDS = Histogram("hcp_decode_seconds", "Time to decode one fetched batch", ["kind"])
+DECODE_STRICT = Counter(
+    "hcp_decode_strict_batches_total",
+    "JSON batches decoded message by message (they held bad input or a Kafka event)",
+    ["topic"],
+)
 BATCH_SECONDS = Histogram("hcp_batch_seconds", "Time to fold one batch into window state", ["kind"])
 WINDOWS_CLOSED = Counter("hcp_windows_closed_total", "Device windows closed", ["device_type"])
 RECOMMENDATIONS = Counter("hcp_recommendations_total", "Recommendations per action", ["action"])

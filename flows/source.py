@@ -195,6 +195,7 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         # Zero from the start: "no errors" is then a sample, not a missing series.
         metrics.SOURCE_ERRORS.labels(topic)
         metrics.EVENTS_IN.labels(topic)
+        metrics.DECODE_STRICT.labels(topic)
 
     def _on_stats(self, stats_json: str) -> None:
         try:
@@ -312,6 +313,8 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
                     samples -= _events_among(msgs, mixed.bad_msg)
                 return mixed.rows, dlq, samples
         decoded = decode_values(values, self._fields)
+        if decoded.strict:
+            metrics.DECODE_STRICT.labels(self._topic).inc()
         dlq = None
         events = len(msgs)
         if decoded.bad_index:
