@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import polars as pl
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from hcp.kafka_admin import partition_counts
@@ -31,13 +32,17 @@ __all__ = [
     "CommandReader",
     "decode_command",
     "encode_command",
+    "encode_command_frame",
     "produce_commands",
+    "produce_encoded",
 ]
 
 log = logging.getLogger(__name__)
 
 COMMAND_ACTIONS = ("mine", "curtail", "serve", "offer", "power_down")
 _REQUIRED = ("v", "ts", "device_id", "device_type", "site", "action")
+# The columns of a commands frame that make a message (``v`` is added).
+_FRAME_FIELDS = ("ts", "device_id", "device_type", "site", "action", "reason", "window_start")
 
 
 def encode_command(msg: dict[str, Any]) -> bytes:
@@ -62,9 +67,29 @@ def decode_command(raw: bytes) -> dict[str, Any]:
 
 def produce_commands(producer: Producer, topic: str, msgs: Iterable[dict[str, Any]]) -> int:
     """Produce messages keyed by device id."""
+    pairs = ((msg["device_id"].encode(), encode_command(msg)) for msg in msgs)
+    return produce_encoded(producer, topic, pairs)
+
+
+def encode_command_frame(df: pl.DataFrame) -> list[tuple[bytes, bytes]]:
+    """(key, value) per row of a commands frame: the bytes :func:`encode_command` gives.
+
+    polars encodes the whole frame at once; a job's first window commands every device.
+    """
+    fields = sorted((*_FRAME_FIELDS, "v"))  # sort_keys order
+    encoded = df.select(
+        pl.col("device_id"),
+        pl.struct([pl.lit(1).alias("v") if f == "v" else pl.col(f) for f in fields])
+        .struct.json_encode()
+        .alias("value"),
+    )
+    return [(k.encode(), v.encode()) for k, v in encoded.iter_rows()]
+
+
+def produce_encoded(producer: Producer, topic: str, pairs: Iterable[tuple[bytes, bytes]]) -> int:
+    """Produce encoded (key, value) pairs, waiting out a full local queue."""
     n = 0
-    for msg in msgs:
-        key, value = msg["device_id"].encode(), encode_command(msg)
+    for key, value in pairs:
         while True:
             try:
                 producer.produce(topic, key=key, value=value)

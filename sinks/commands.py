@@ -11,26 +11,19 @@ import logging
 import time
 from typing import Any
 
-import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaException, Producer
 
-from hcp.commands import produce_commands
+from hcp.commands import encode_command_frame, produce_encoded
 from hcp.errors import BrokerUnreachableError
 from hcp.kafka_config import kafka_conf
 from hcp.tags import Out
 
-__all__ = ["CommandSink", "command_messages"]
+__all__ = ["CommandSink"]
 
 log = logging.getLogger(__name__)
 
 Item = tuple[str, Any]
-
-
-def command_messages(df: pl.DataFrame) -> list[dict[str, Any]]:
-    """Rows of a ``commands`` frame as message dicts (``v`` added)."""
-    cols = ("ts", "device_id", "device_type", "site", "action", "reason", "window_start")
-    return [{"v": 1, **row} for row in df.select(cols).iter_rows(named=True)]
 
 
 class _CommandPartition(StatelessSinkPartition[Item]):
@@ -49,10 +42,10 @@ class _CommandPartition(StatelessSinkPartition[Item]):
         )
 
     def write_batch(self, items: list[Item]) -> None:
-        msgs = [m for tag, df in items if tag == Out.COMMANDS for m in command_messages(df)]
+        msgs = [m for tag, df in items if tag == Out.COMMANDS for m in encode_command_frame(df)]
         if not msgs:
             return
-        produce_commands(self._producer, self._topic, msgs)
+        produce_encoded(self._producer, self._topic, msgs)
         # Wait until delivered: the fleet acts on a command within its ramp delay, and a
         # broker outage holds the job here (backpressure) rather than losing commands.
         started = time.monotonic()
