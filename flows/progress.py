@@ -76,7 +76,6 @@ class Progress:
     inputs: dict[str, InputProgress] = field(default_factory=dict)
     paused: bool = False  # every live input counted idle at the last report
     resumed_at: float = 0.0  # wall-clock time of the first data after the last pause
-    last_data_at: float = -math.inf  # wall-clock time of the last data of any input
 
     @classmethod
     def create(
@@ -109,16 +108,16 @@ class Progress:
             # The first data after a pause: every input that went quiet with it holds again.
             self.paused = False
             self.resumed_at = now
-            quiet_from = self.last_data_at - self.idle_timeout_s
+            last_data_at = max((i.last_data_at for i in self.inputs.values()), default=-math.inf)
+            quiet_from = last_data_at - self.idle_timeout_s
             for other in self.inputs.values():
                 other.held = (
                     other.idle
                     and not other.eof
-                    and (other.last_data_at >= quiet_from or self.last_data_at == -math.inf)
+                    and (other.last_data_at >= quiet_from or last_data_at == -math.inf)
                 )
         if has_data:
             inp.last_data_at = now
-            self.last_data_at = max(self.last_data_at, now)
         inp.idle = idle and not has_data
         # Data ends a hold; so does idleness reported the idle timeout after the resume.
         if has_data or (inp.idle and now - self.resumed_at >= self.idle_timeout_s):
