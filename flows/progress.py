@@ -14,16 +14,16 @@ before it can rely on:
   is on its way, so every window already covered closes;
 - **a pause ends for everyone at once**: the first data after a spell in which every input
   was idle does not let the others' idleness stand. Each input that went quiet with the
-  pause holds ``W`` at its own mark again until it delivers data, or reports idle once
-  more at least the idle timeout after the resume. Producers resume their partitions a
-  few fetches apart; without this rule the first partition back would close the windows
-  that the others have not delivered yet, and their in-order data would be dropped as
-  late. An input "went quiet with the pause" if its last data came at most the idle
-  timeout before the last data of any input (or no input has delivered any yet, as at a
-  job's start). One that was already idle before, such as a price partition that gets a
-  price a minute, did not hold ``W`` before the pause and does not after it: holding it
-  made every resume wait the idle timeout, which is every second for a fleet that
-  reports in per-second bursts (docs/benchmark.md).
+  pause holds ``W`` at its own mark again until it delivers data, or is still idle the
+  idle timeout after the resume (seen at any input's report). Producers resume their
+  partitions a few fetches apart; without this rule the first partition back would close
+  the windows that the others have not delivered yet, and their in-order data would be
+  dropped as late. An input "went quiet with the pause" if its last data came at most the
+  idle timeout before the last data of any input (or no input has delivered any yet, as
+  at a job's start). One that was already idle before, such as a price partition that
+  gets a price a minute, did not hold ``W`` before the pause and does not after it:
+  holding it made every resume wait the idle timeout, which is every second for a fleet
+  that reports in per-second bursts (docs/benchmark.md).
 
 The rule depends on wall-clock silence only through the idle flags; with no idle input the
 watermark depends on the input alone (docs/architecture.md).
@@ -119,9 +119,14 @@ class Progress:
         if has_data:
             inp.last_data_at = now
         inp.idle = idle and not has_data
-        # Data ends a hold; so does idleness reported the idle timeout after the resume.
-        if has_data or (inp.idle and now - self.resumed_at >= self.idle_timeout_s):
+        if has_data:
             inp.held = False
+        if now - self.resumed_at >= self.idle_timeout_s:
+            # Still idle the idle timeout after the resume: silent all along, so let go. Any
+            # input's report may tell, or the hold would last up to a heartbeat longer.
+            for other in self.inputs.values():
+                if other.held and other.idle:
+                    other.held = False
         live = [i for i in self.inputs.values() if not i.eof]
         if live and all(i.counts_idle for i in live):
             self.paused = True

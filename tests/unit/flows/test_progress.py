@@ -74,6 +74,22 @@ def test_a_held_input_that_stays_silent_is_let_go_the_idle_timeout_after_the_res
     assert p.watermark() == 400_000 - L
 
 
+def test_a_held_input_is_let_go_at_any_input_report_past_the_timeout() -> None:
+    # b's own heartbeats come a fraction of the timeout apart; the report of another input
+    # after the timeout lets b go without waiting for b's next one.
+    p = Progress.create(L, ("a", "b", "c"), idle_timeout_s=5.0)
+    for i in ("a", "b", "c"):
+        p.observe(i, ts(100_000), now=0.0)
+    for i in ("a", "b", "c"):
+        p.observe(i, None, idle=True, now=40.0)
+    p.observe("a", ts(400_000), now=50.0)
+    p.observe("c", ts(300_000), now=50.1)
+    p.observe("b", None, idle=True, now=54.0)
+    assert p.watermark() == 100_000 - L  # b holds: the timeout has not passed
+    p.observe("c", None, idle=False, now=55.0)  # c's report; b said nothing since 54.0
+    assert p.watermark() == 300_000 - L
+
+
 def test_at_the_start_every_input_holds_until_it_reports() -> None:
     p = Progress.create(L, ("a", "b"), idle_timeout_s=5.0)
     p.observe("a", None, idle=True, now=1.0)
