@@ -46,6 +46,7 @@ _PG_TO_POLARS: dict[str, pl.DataType] = {
 }
 _STAGE_TYPE = {"timestamp with time zone": "bigint", "integer": "bigint"}
 
+COPY_SLICE_ROWS = 50_000
 # Fleet commands are appended to the audit trail, not upserted (see _audit_commands).
 AUDIT_TABLE = "audit_log"
 # Tables that may skip the upsert, and the window column their mark follows.
@@ -67,6 +68,16 @@ class TableInfo:
 
     def stage_type(self, pg_type: str) -> str:
         return _STAGE_TYPE.get(pg_type, pg_type)
+
+
+# The stage of fleet commands: audit_log's serial id and defaulted columns stay out; the
+# detail is staged as text and cast once by the INSERT.
+_AUDIT_STAGE = TableInfo(
+    name="audit",
+    columns=("actor", "action", "target", "request_id", "detail"),
+    types=("text",) * 5,
+    key=("action", "request_id", "target"),
+)
 
 
 def _load_table(conn: psycopg.Connection, table: str) -> TableInfo:
@@ -95,6 +106,19 @@ def _load_table(conn: psycopg.Connection, table: str) -> TableInfo:
         types=tuple(r[1] for r in rows),
         key=tuple(r[0] for r in key),
     )
+
+
+def _write_csv(copy: psycopg.Copy, df: pl.DataFrame) -> None:
+    """Send ``df`` as CSV rows to an open COPY, a slice at a time.
+
+    polars' native CSV writer is far faster than building rows in Python; it quotes empty
+    strings, so an unquoted empty field is NULL to COPY. Slices keep the text of a whole
+    fleet window (~100 MB for 310,000 recommendations) from sitting in memory at once.
+    """
+    for start in range(0, df.height, COPY_SLICE_ROWS):
+        buf = io.BytesIO()
+        df.slice(start, COPY_SLICE_ROWS).write_csv(buf, include_header=False)
+        copy.write(buf.getbuffer())
 
 
 def _upsert_sql(info: TableInfo) -> sql.Composed:
@@ -239,23 +263,12 @@ class PgWriter:
             .struct.json_encode()
             .alias("detail"),
         )
+        self._stage(_AUDIT_STAGE, rows)
         self._conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS hcp_audit_stage (actor text, action text, "
-            "target text, request_id text, detail jsonb) ON COMMIT DELETE ROWS"
+            "INSERT INTO audit_log (actor, action, target, request_id, detail) "
+            "SELECT actor, action, target, request_id, detail::jsonb FROM hcp_stage_audit "
+            "ON CONFLICT (action, request_id, target) DO NOTHING"
         )
-        buf = io.BytesIO()
-        rows.write_csv(buf, include_header=False)
-        with self._conn.cursor() as cur:
-            with cur.copy(
-                "COPY hcp_audit_stage (actor, action, target, request_id, detail) "
-                "FROM STDIN (FORMAT csv)"
-            ) as copy:
-                copy.write(buf.getbuffer())
-            cur.execute(
-                "INSERT INTO audit_log (actor, action, target, request_id, detail) "
-                "SELECT actor, action, target, request_id, detail FROM hcp_audit_stage "
-                "ON CONFLICT (action, request_id, target) DO NOTHING"
-            )
         return rows.height
 
     def _provably_new(self, info: TableInfo, df: pl.DataFrame) -> bool:
@@ -299,14 +312,12 @@ class PgWriter:
             for c, t in zip(info.columns, info.types, strict=True)
             if t == "timestamp with time zone"
         ]
-        buf = io.BytesIO()
-        df.with_columns(times).write_csv(buf, include_header=False)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in info.columns)
         stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
             sql.Identifier(info.name), cols
         )
         with self._conn.cursor() as cur, cur.copy(stmt) as copy:
-            copy.write(buf.getbuffer())
+            _write_csv(copy, df.with_columns(times))
 
     def _stage(self, info: TableInfo, df: pl.DataFrame) -> None:
         # ON COMMIT DELETE ROWS empties the stage at every commit; a rollback discards
@@ -323,15 +334,11 @@ class PgWriter:
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in info.columns)
         with self._conn.cursor() as cur:
             if self._format == "csv":
-                # polars' native CSV writer is far faster than building rows in Python;
-                # it quotes empty strings, so an unquoted empty field is NULL to COPY.
-                buf = io.BytesIO()
-                df.write_csv(buf, include_header=False)
                 stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
                     sql.Identifier(info.stage), cols
                 )
                 with cur.copy(stmt) as copy:
-                    copy.write(buf.getbuffer())
+                    _write_csv(copy, df)
             else:
                 stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
                     sql.Identifier(info.stage), cols
