@@ -29,6 +29,7 @@ from sinks.redis.layout import RedisKeys
 __all__ = ["Services", "redis_where"]
 
 log = logging.getLogger(__name__)
+STOP_STEP_TIMEOUT_S = 5.0
 
 
 def redis_where(url: str) -> str:
@@ -86,16 +87,29 @@ class Services:
         self._owner_task = asyncio.create_task(self._follow_owners(), name="owners")
 
     async def stop(self) -> None:
-        await self.read_model.stop()
-        await self.read_model.client.aclose()
+        """Close every connection; a step that hangs is named and left behind after 5 s."""
+        steps: list[tuple[str, Any]] = [
+            ("read model", self.read_model.stop),
+            ("read model's Redis", self.read_model.client.aclose),
+            ("owner follower", self._stop_owner_task),
+            ("PostgreSQL pool", self.pg.close),
+            ("Redis", self.redis.aclose),
+            ("Redis streams", self.redis_streams.aclose),
+            ("Kafka producer", lambda: asyncio.to_thread(self.producer.close)),
+        ]
+        for name, step in steps:
+            try:
+                await asyncio.wait_for(step(), STOP_STEP_TIMEOUT_S)
+            except TimeoutError:
+                # A stop must end: SIGTERM from an orchestrator waits for nothing else.
+                log.warning("shutdown: closing the %s took over %.0f s; left behind",
+                            name, STOP_STEP_TIMEOUT_S)
+
+    async def _stop_owner_task(self) -> None:
         if self._owner_task is not None:
             self._owner_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._owner_task
-        await self.pg.close()
-        await self.redis.aclose()
-        await self.redis_streams.aclose()
-        await asyncio.to_thread(self.producer.close)
 
     # --- Redis state ------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -218,11 +219,15 @@ def api(plain: Path, env: dict[str, str]) -> Iterator[str]:
         [str(plain / "hcp"), "api", "--port", str(port)], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
+    # Read stderr as it comes: an unread pipe that fills up blocks the server's logging.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None, "".join(lines)
             try:
                 urllib.request.urlopen(f"{url}/api/v1/health", timeout=2)
                 break
@@ -231,7 +236,14 @@ def api(plain: Path, env: dict[str, str]) -> Iterator[str]:
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=15)
+        try:
+            proc.wait(timeout=45)  # every shutdown step is bounded at 5 s (api/services.py)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            reader.join(timeout=5)
+            pytest.fail("hcp api did not stop within 45 s of SIGTERM; its log:\n"
+                        + "".join(lines[-40:]))
 
 
 def test_plain_install_serves_the_api(api: str) -> None:
