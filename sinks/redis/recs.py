@@ -62,6 +62,10 @@ SUMMARY_FIELDS = (
     "net_usd_hr",
     "running_power_w",
 )
+# Rows per pipelined payload. Four payload buffers live on in the ring (BufferRing), ~1.8 KB
+# of RESP per row: 10,000 rows keep them at ~90 MB where 20,000 held 175 MB of a 2 GB job,
+# at the same write speed (python -m tools.bench.redis_sink --chunk-rows, docs/benchmark.md).
+CHUNK_ROWS = 10_000
 _DUPLICATE_ID = "equal or smaller than the target stream top item"
 
 
@@ -118,7 +122,7 @@ def write_recs(
     *,
     cond_hset_sha: str,
     stream_maxlen: int,
-    chunk_rows: int = 20_000,
+    chunk_rows: int = CHUNK_ROWS,
     ring: BufferRing | None = None,
     cache: HashCache | None = None,
     changed_only: bool = False,

@@ -59,7 +59,7 @@ from sinks.redis.events import (
 )
 from sinks.redis.layout import COND_HSET_LUA, PRICES_LUA, WORKLOAD_LUA, RedisKeys
 from sinks.redis.packer import BufferRing
-from sinks.redis.recs import HashCache, RecWriteStats, write_recs
+from sinks.redis.recs import CHUNK_ROWS, HashCache, RecWriteStats, write_recs
 from sinks.redis.snapshot import SNAPSHOT_LUA, SnapshotCache
 
 __all__ = ["RedisSink", "RedisWriter", "config_problem"]
@@ -93,7 +93,7 @@ class RedisWriter:
         prefix: str = "hcp:",
         stream_maxlen: int = 1_000_000,
         *,
-        chunk_rows: int = 20_000,
+        chunk_rows: int = CHUNK_ROWS,
         backoff_min_s: float = 0.2,
         backoff_max_s: float = 5.0,
         give_up_after_s: float | None = None,

@@ -21,6 +21,7 @@ from hcp.config import positive_int
 from hcp.schemas import REC_SCHEMA
 from hcp.settings import add_settings
 from sinks.redis.layout import RedisKeys
+from sinks.redis.recs import CHUNK_ROWS
 from sinks.redis.sink import RedisWriter
 
 __all__ = ["main", "synthetic_recs"]
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=positive_int, default=310_000, help="rows per window")
     parser.add_argument("--windows", type=positive_int, default=1, help="windows to write")
     parser.add_argument("--mode", choices=("raw", "redis-py"), default="raw")
-    parser.add_argument("--chunk-rows", type=positive_int, default=20_000)
+    parser.add_argument("--chunk-rows", type=positive_int, default=CHUNK_ROWS)
     args = parser.parse_args(argv)
 
     prefix = f"bench{uuid.uuid4().hex[:8]}:"
