@@ -265,9 +265,11 @@ class PgWriter:
         )
         self._stage(_AUDIT_STAGE, rows)
         self._conn.execute(
-            "INSERT INTO audit_log (actor, action, target, request_id, detail) "
-            "SELECT actor, action, target, request_id, detail::jsonb FROM hcp_stage_audit "
-            "ON CONFLICT (action, request_id, target) DO NOTHING"
+            sql.SQL(
+                "INSERT INTO audit_log (actor, action, target, request_id, detail) "
+                "SELECT actor, action, target, request_id, detail::jsonb FROM {} "
+                "ON CONFLICT (action, request_id, target) DO NOTHING"
+            ).format(sql.Identifier(_AUDIT_STAGE.stage))
         )
         return rows.height
 
