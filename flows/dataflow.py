@@ -52,6 +52,7 @@ from hcp.tags import Out
 from sinks.assignments import AssignmentSink
 from sinks.commands import CommandSink
 from sinks.dlq import DlqSink
+from sinks.overlap import OverlappedSinks
 
 __all__ = ["TimedLogic", "build_flow"]
 
@@ -95,6 +96,13 @@ def _redis_sink(settings: JobSettings, shutdown: Shutdown | None) -> Sink:
         stream_changed_only=settings.redis_stream == "changed",
         shutdown=shutdown,
     )
+
+
+def _pg_sink(settings: JobSettings, shutdown: Shutdown | None) -> Sink:
+    from sinks.postgres.sink import PostgresSink
+
+    return PostgresSink(settings.pg, store_raw=settings.store_raw,
+                        connections=settings.pg_connections, shutdown=shutdown)
 
 
 def build_flow(
@@ -211,12 +219,21 @@ def build_flow(
 
     decided = op.stateful_batch("fleet", to_fleet, build_fleet)
     recs = op.map("untag_fleet", decided, lambda kv: kv[1])
+    # A window's close gets its own output step, built before the control loop and the
+    # router that also read it: a worker runs its steps in the order they were built, so
+    # the window reaches Redis before those steps take their turn (about 1 s sooner at
+    # 310,000 devices). The groups' device windows and recommendations go to PostgreSQL
+    # in the same step, at the same time as the Redis write, not after the router's turn.
+    close: dict[str, Sink] = {}
+    close_items = []
     if not settings.no_redis:
-        # The fleet's windows get their own Redis output step, built before the control
-        # loop and the router that also read them: a worker runs its steps in the order
-        # they were built, so the window reaches Redis before those steps take their turn
-        # (about 1 s sooner at 310,000 devices).
-        op.output("recs_out", recs, _redis_sink(settings, shutdown))
+        close["redis"] = _redis_sink(settings, shutdown)
+        close_items.append(op.map("close_for_redis", recs, lambda item: ("redis", item)))
+    if not settings.no_pg:
+        close["pg"] = _pg_sink(settings, shutdown)
+        close_items.append(op.map("close_for_pg", group_rows, lambda item: ("pg", item)))
+    if close:
+        op.output("close_out", op.merge("close", *close_items), OverlappedSinks(close))
 
     # The control loop (docs/control-loop.md): commands for the fleet, and how it obeyed.
     def build_compliance(resume: bytes | None) -> TimedLogic:
@@ -266,7 +283,7 @@ def build_flow(
     # Redis took whole windows from the fleet step above (one ordered stream writer);
     # PostgreSQL takes each group's rows where they are (keyed upserts, any order).
     to_redis = op.merge("redis_outputs", side, routed, control)
-    to_pg = op.merge("pg_outputs", group_rows, side, routed, control)
+    to_pg = op.merge("pg_outputs", side, routed, control)
     group_windows = op.filter("group_windows", group_rows, lambda item: item[0] == Out.WINDOWS)
     everything = op.merge("outputs", recs, group_windows, side, routed, control)
     op.output("dlq_out", side, DlqSink(settings.bootstrap, topics.dlq))
@@ -278,15 +295,10 @@ def build_flow(
         history["redis"] = _redis_sink(settings, shutdown)
         addressed.append(op.map("for_redis", to_redis, lambda item: ("redis", item)))
     if not settings.no_pg:
-        from sinks.postgres.sink import PostgresSink
-
-        history["pg"] = PostgresSink(settings.pg, store_raw=settings.store_raw, shutdown=shutdown)
+        history["pg"] = _pg_sink(settings, shutdown)
         addressed.append(op.map("for_pg", to_pg, lambda item: ("pg", item)))
     if history:
-        from sinks.overlap import OverlappedSinks
-
-        # One step: where a worker holds both a window's Redis and PostgreSQL writes (one
-        # worker, or the fleet step's worker), they run at the same time.
+        # One step: where a worker holds both Redis and PostgreSQL writes, they run at once.
         op.output("history_out", op.merge("history", *addressed), OverlappedSinks(history))
     for i, sink in enumerate(extra_sinks):
         op.output(f"extra_out_{i}", everything, sink)

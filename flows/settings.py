@@ -39,6 +39,7 @@ class JobSettings:
     linger_s: float = default("linger_s")
     stream_maxlen: int = default("stream_maxlen")
     redis_stream: str = default("redis_stream")
+    pg_connections: int = default("pg_connections")
     once: bool = default("once")
     store_raw: bool = not default("no_raw")
     no_redis: bool = default("no_redis")
@@ -141,7 +142,7 @@ JOB_SETTINGS = (
     "window_s", "lateness_s", "idle_timeout_s", "pool_fee", "hysteresis", "dwell_s",
     "max_price_age_s", "compliance_grace_s", "compliance_windows",
     "assign_timeout_s", "reservations", "once", "workers", "batch_size", "linger_s",
-    "stream_maxlen", "redis_stream",
+    "stream_maxlen", "redis_stream", "pg_connections",
     "metrics_port", "metrics_host", "no_raw", "no_redis", "no_pg", "recovery_dir",
     "snapshot_interval_s", "recovery_partitions", "processes", "process_id", "addresses",
 )

@@ -126,6 +126,10 @@ SETTINGS: dict[str, Setting] = {
                 "window) or 'changed' (only devices whose action or reason changed, and new "
                 "devices; the per-site snapshots still hold every device: docs/contract.md "
                 "section 7)", stream_mode, _RUN),
+        Setting("pg_connections", "HCP_PG_CONNECTIONS", 2,
+                "PostgreSQL connections per worker: a batch of 100,000 rows or more (a fleet's "
+                "window close) writes its tables over this many at once, each table in one "
+                "transaction; 1 writes every batch in one transaction", positive_int, _RUN),
         Setting("metrics_port", "HCP_METRICS_PORT", 9464,
                 "port of the Prometheus /metrics endpoint; 0 turns it off", int, _RUN),
         Setting("metrics_host", "HCP_METRICS_HOST", "127.0.0.1",

@@ -1,8 +1,9 @@
 """The Bytewax sink that stores HCP history in PostgreSQL / TimescaleDB.
 
 ``PostgresSink`` receives tagged items ``(tag, polars.DataFrame)`` and writes every item
-of one ``write_batch`` call in one transaction through :class:`~sinks.postgres.writer.PgWriter`
-(COPY into staging, upsert on the natural key).
+of one ``write_batch`` call through :class:`~sinks.postgres.writer.PgWriter` (COPY into
+staging, upsert on the natural key): one transaction, or for a large batch one per group
+of tables on a few connections at once (:mod:`sinks.postgres.lanes`).
 
 Delivery: at-least-once upstream plus idempotent upserts gives effectively-once rows. A
 database that is down or rejects the batch makes ``write_batch`` retry with capped
@@ -13,10 +14,10 @@ half-writes a batch. An outage is logged once when it starts and once when it en
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -35,6 +36,7 @@ from sinks.metrics import (
     outage_started,
     sink_started,
 )
+from sinks.postgres.lanes import SPLIT_ROWS, Lane, split_tables
 from sinks.postgres.schema import apply_migrations, redact_dsn
 from sinks.postgres.writer import CopyFormat, PgWriter
 
@@ -87,6 +89,8 @@ class _Config:
     backoff_max_s: float
     give_up_after_s: float | None
     connect_timeout_s: int
+    connections: int
+    split_rows: int
     before_commit: Callable[[int], None] | None = field(default=None)
     shutdown: Shutdown = field(default_factory=Shutdown)
 
@@ -98,9 +102,11 @@ class PostgresSink(DynamicSink):
     ignored, raw tags (:data:`RAW_TAGS`) too when ``store_raw`` is false. Frames carry
     the columns of the ``hcp.schemas`` contract with times in epoch milliseconds.
 
-    Every worker writes its own batches (``DynamicSink``); each batch is one transaction
-    of idempotent upserts, so replays after a restart never duplicate rows. Failures are
-    retried forever by default (``give_up_after_s`` to raise instead).
+    Every worker writes its own batches (``DynamicSink``) of idempotent upserts, so replays
+    after a restart never duplicate rows. A batch of ``split_rows`` rows or more is spread
+    over up to ``connections`` connections, whole tables each; a smaller one is one
+    transaction. Failures are retried, only the tables not yet written, forever by default
+    (``give_up_after_s`` to raise instead).
     ``before_commit(batch_number)`` runs inside each transaction once its rows are written;
     a ``psycopg.Error`` it raises aborts the batch, which is then retried like a lost
     connection (the fault tests use it to crash between write and commit).
@@ -118,9 +124,14 @@ class PostgresSink(DynamicSink):
         backoff_max_s: float = 5.0,
         give_up_after_s: float | None = None,
         connect_timeout_s: int = 5,
+        connections: int = 2,
+        split_rows: int = SPLIT_ROWS,
         before_commit: Callable[[int], None] | None = None,
         shutdown: Shutdown | None = None,
     ) -> None:
+        if connections < 1:
+            msg = f"connections must be >= 1, got {connections}"
+            raise ValueError(msg)
         self._config = _Config(
             dsn=dsn,
             store_raw=store_raw,
@@ -131,6 +142,8 @@ class PostgresSink(DynamicSink):
             backoff_max_s=backoff_max_s,
             give_up_after_s=give_up_after_s,
             connect_timeout_s=connect_timeout_s,
+            connections=connections,
+            split_rows=split_rows,
             before_commit=before_commit,
             shutdown=shutdown or Shutdown(),
         )
@@ -144,12 +157,30 @@ class PostgresSink(DynamicSink):
 _RETRYABLE = (psycopg.Error, OSError, LookupError, SinkUnavailableError)
 
 
+def _outcome(
+    call: Callable[..., dict[str, int]], *args: object
+) -> dict[str, int] | BaseException:
+    """What ``call`` returned, or the retryable error it raised."""
+    try:
+        return call(*args)
+    except _RETRYABLE as exc:
+        return exc
+
+
 class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
     def __init__(self, config: _Config, name: str) -> None:
         self._config = config
         self._name = name
-        self._conn: psycopg.Connection | None = None
-        self._writer: PgWriter | None = None
+        self._lanes = [
+            Lane(config.dsn, connect_timeout_s=config.connect_timeout_s,
+                 copy_format=config.copy_format, before_commit=self._hook)
+            for _ in range(config.connections)
+        ]
+        self._pool = (
+            ThreadPoolExecutor(config.connections - 1, thread_name_prefix="hcp-pg")
+            if config.connections > 1
+            else None
+        )
         self._migrated = not config.migrate
         self._batches = 0  # non-empty write_batch calls, the hook's batch numbers
         self._outage: _Outage | None = None
@@ -176,17 +207,17 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
         }
 
     def write_batch(self, items: list[tuple[str, pl.DataFrame]]) -> None:
-        frames = self.coalesce(items)
-        if not frames:
+        pending = self.coalesce(items)
+        if not pending:
             return
         self._batches += 1
         backoff = self._config.backoff_min_s
         started = time.perf_counter()  # retries included, as the shared metric states
+        counts: dict[str, int] = {}
         while True:
             try:
-                counts = self._attempt(frames)
+                self._attempt(pending, counts)
             except _RETRYABLE as exc:
-                self._drop_connection()
                 self._on_failure(exc)
                 # A stop request (hcp run's SIGTERM/SIGINT) ends the wait within a fraction
                 # of a second: an outage may be waited out, a stop may not be.
@@ -205,28 +236,30 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
             self._on_success()
             return
 
-    def _attempt(self, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
+    def _attempt(self, pending: dict[str, pl.DataFrame], counts: dict[str, int]) -> None:
+        """Write ``pending``'s tables, one group per lane at once; move each landed group's
+        tables from ``pending`` to ``counts``, then raise the first failure if any."""
         if not self._migrated:
             apply_migrations(self._config.dsn)
             self._migrated = True
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self._config.dsn,
-                autocommit=True,
-                connect_timeout=self._config.connect_timeout_s,
-                # A link that drops packets without a reset must fail, not hang for ever:
-                # then the batch is retried like any other outage.
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
-                tcp_user_timeout=30_000,
-            )
-            self._writer = PgWriter(
-                self._conn, copy_format=self._config.copy_format, before_commit=self._hook
-            )
-        assert self._writer is not None
-        return self._writer.write(frames)
+        groups = split_tables(pending, len(self._lanes), self._config.split_rows)
+        jobs = list(zip(self._lanes, groups, strict=False))
+        # The first group in the worker's own thread, the others in the pool's.
+        others = [self._pool.submit(lane.write, group) for lane, group in jobs[1:]
+                  if self._pool is not None]
+        outcomes = [_outcome(jobs[0][0].write, jobs[0][1])]
+        outcomes += [_outcome(future.result) for future in others]
+        failure: BaseException | None = None
+        for (lane, group), outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                lane.drop()
+                failure = failure or outcome
+                continue
+            counts.update(outcome)
+            for table in group:
+                del pending[table]
+        if failure is not None:
+            raise failure
 
     def _hook(self, _writer_batches: int) -> None:
         # Number batches per write_batch call, not per attempt, so a retry of batch N is
@@ -270,12 +303,8 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
             self._outage = None
             outage_ended("postgres")
 
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-        self._conn = None
-        self._writer = None
-
     def close(self) -> None:
-        self._drop_connection()
+        for lane in self._lanes:
+            lane.drop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)

@@ -5,7 +5,8 @@ per-connection temporary staging table, then merged with ``INSERT ... SELECT ...
 CONFLICT (natural key) DO UPDATE``. Either the whole batch lands or none of it does, and
 writing the same rows again changes nothing, so replays never duplicate.
 
-Fast path for the per-window tables (``device_windows``, ``recommendations``): the table
+Fast path for the per-window tables (:data:`FAST_TABLES`: ``device_windows``,
+``recommendations``, ``device_compliance``): the table
 ``hcp_write_marks`` holds, per table, the newest window time stored, updated in the same
 transaction as the rows and read ``FOR UPDATE`` (so writers of one table take turns).
 A frame whose every window is newer than that mark cannot collide with a stored row, and
@@ -50,7 +51,12 @@ COPY_SLICE_ROWS = 50_000
 # Fleet commands are appended to the audit trail, not upserted (see _audit_commands).
 AUDIT_TABLE = "audit_log"
 # Tables that may skip the upsert, and the window column their mark follows.
-FAST_TABLES: dict[str, str] = {"device_windows": "window_start", "recommendations": "window_end"}
+# Each column is part of its table's primary key, so a row newer than the mark is a new key.
+FAST_TABLES: dict[str, str] = {
+    "device_windows": "window_start",
+    "recommendations": "window_end",
+    "device_compliance": "window_end",
+}
 
 
 @dataclass(frozen=True)

@@ -460,3 +460,27 @@ def test_bytewax_dataflow_writes_through_the_sink(db: str) -> None:
     run_main(flow)
     for table in ("device_windows", "recommendations"):
         assert_frame_equal(read_back(db, table), expected(table, *(b[table] for b in batches)))
+
+
+def test_a_split_batch_retries_only_the_connection_that_failed(db: str) -> None:
+    # split_rows=1: every batch of two tables goes down two connections at once.
+    batches = _batches(3)
+    lock = threading.Lock()
+    calls: list[int] = []
+
+    def fail_first_commit_of_batch_2(batch_number: int) -> None:
+        with lock:
+            calls.append(batch_number)
+            first = batch_number == 2 and calls.count(2) == 1
+        if first:
+            raise InjectedFaultError("injected before one lane's commit")
+
+    part = PostgresSink(db, connections=2, split_rows=1, before_commit=fail_first_commit_of_batch_2,
+                        backoff_min_s=0.01, migrate=False).build("pg", 0, 1)
+    for batch in batches:
+        part.write_batch([("windows", batch["device_windows"]), ("recs", batch["recommendations"])])
+    part.close()
+    # Two lanes per batch; batch 2's failed lane is written again, the other one is not.
+    assert calls == [1, 1, 2, 2, 2, 3, 3]
+    for table in ("device_windows", "recommendations"):
+        assert_frame_equal(read_back(db, table), expected(table, *(b[table] for b in batches)))
