@@ -24,7 +24,7 @@ import psycopg
 
 from sinks.postgres.writer import AUDIT_TABLE, CopyFormat, PgWriter
 
-__all__ = ["SPLIT_ROWS", "Lane", "split_tables"]
+__all__ = ["SPLIT_ROWS", "Lane", "outage_ended", "split_tables"]
 
 # Below this many rows in a batch every table goes down one connection.
 SPLIT_ROWS = 100_000
@@ -32,6 +32,18 @@ SPLIT_ROWS = 100_000
 # with a jsonb cast, twice a plain COPY's time per row (the 310,000-device close: 3.4 s
 # against 1.7 s for device_windows, measured with log_min_duration_statement).
 _ROW_COST = {AUDIT_TABLE: 2.0}
+
+
+# Outages each server (by DSN) recovered from in this process. A connection opened before
+# the latest recovery was cut with the rest and is reopened before use: otherwise a sink
+# step idle through the outage would fail on it at its next write and count an outage of
+# its own after the server is back.
+_RECOVERIES: dict[str, int] = {}
+
+
+def outage_ended(dsn: str) -> None:
+    """Mark every connection to ``dsn`` opened so far as not to be trusted."""
+    _RECOVERIES[dsn] = _RECOVERIES.get(dsn, 0) + 1
 
 
 def split_tables(
@@ -71,10 +83,14 @@ class Lane:
         self._before_commit = before_commit
         self._conn: psycopg.Connection | None = None
         self._writer: PgWriter | None = None
+        self._recoveries = 0  # _RECOVERIES[dsn] when the connection was opened
 
     def write(self, frames: Mapping[str, pl.DataFrame]) -> dict[str, int]:
         """Write ``frames`` in one transaction; rows written per table."""
+        if self._recoveries != _RECOVERIES.get(self._dsn, 0):
+            self.drop()
         if self._conn is None or self._conn.closed:
+            self._recoveries = _RECOVERIES.get(self._dsn, 0)
             self._conn = psycopg.connect(
                 self._dsn,
                 autocommit=True,

@@ -36,6 +36,7 @@ from sinks.metrics import (
     outage_started,
     sink_started,
 )
+from sinks.postgres import lanes
 from sinks.postgres.lanes import SPLIT_ROWS, Lane, split_tables
 from sinks.postgres.schema import apply_migrations, redact_dsn
 from sinks.postgres.writer import CopyFormat, PgWriter
@@ -302,6 +303,7 @@ class _PostgresSinkPartition(StatelessSinkPartition[tuple[str, pl.DataFrame]]):
             )
             self._outage = None
             outage_ended("postgres")
+            lanes.outage_ended(self._config.dsn)
 
     def close(self) -> None:
         for lane in self._lanes:
