@@ -280,8 +280,8 @@ def build_flow(
 
     metered = add_metering(batches, routed)
     routed = op.merge("routed_and_metered", routed, metered)
-    # Redis took whole windows from the fleet step above (one ordered stream writer);
-    # PostgreSQL takes each group's rows where they are (keyed upserts, any order).
+    # Redis took whole windows in the close step above (one ordered stream writer), and
+    # PostgreSQL each group's rows where they are (keyed upserts, any order); the rest here.
     to_redis = op.merge("redis_outputs", side, routed, control)
     to_pg = op.merge("pg_outputs", side, routed, control)
     group_windows = op.filter("group_windows", group_rows, lambda item: item[0] == Out.WINDOWS)

@@ -9,7 +9,8 @@ Delivery: at-least-once upstream plus idempotent upserts gives effectively-once 
 database that is down or rejects the batch makes ``write_batch`` retry with capped
 exponential backoff *without returning*: Bytewax does not hand the worker more input
 while its sink blocks, so the job holds its input (backpressure) and never drops or
-half-writes a batch. An outage is logged once when it starts and once when it ends.
+leaves a batch half-written: a split batch's tables that landed stay, the rest are
+retried until they land too. An outage is logged once when it starts and once when it ends.
 """
 
 from __future__ import annotations
