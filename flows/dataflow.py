@@ -27,9 +27,10 @@ import logging
 import pickle
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
@@ -103,6 +104,28 @@ def _pg_sink(settings: JobSettings, shutdown: Shutdown | None) -> Sink:
 
     return PostgresSink(settings.pg, store_raw=settings.store_raw,
                         connections=settings.pg_connections, shutdown=shutdown)
+
+
+def _store(
+    step_id: str,
+    to_redis: Stream[Any],
+    to_pg: Stream[Any],
+    settings: JobSettings,
+    shutdown: Shutdown | None,
+) -> None:
+    """One output step writing ``to_redis`` to Redis and ``to_pg`` to PostgreSQL at once
+    (OverlappedSinks: where a worker holds both writes, they overlap); a store that is
+    turned off is left out."""
+    sinks: dict[str, Sink] = {}
+    addressed = []
+    if not settings.no_redis:
+        sinks["redis"] = _redis_sink(settings, shutdown)
+        addressed.append(op.map(f"{step_id}_redis", to_redis, lambda item: ("redis", item)))
+    if not settings.no_pg:
+        sinks["pg"] = _pg_sink(settings, shutdown)
+        addressed.append(op.map(f"{step_id}_pg", to_pg, lambda item: ("pg", item)))
+    if sinks:
+        op.output(step_id, op.merge(f"{step_id}_items", *addressed), OverlappedSinks(sinks))
 
 
 def build_flow(
@@ -224,16 +247,7 @@ def build_flow(
     # the window reaches Redis before those steps take their turn (about 1 s sooner at
     # 310,000 devices). The groups' device windows and recommendations go to PostgreSQL
     # in the same step, at the same time as the Redis write, not after the router's turn.
-    close: dict[str, Sink] = {}
-    close_items = []
-    if not settings.no_redis:
-        close["redis"] = _redis_sink(settings, shutdown)
-        close_items.append(op.map("close_for_redis", recs, lambda item: ("redis", item)))
-    if not settings.no_pg:
-        close["pg"] = _pg_sink(settings, shutdown)
-        close_items.append(op.map("close_for_pg", group_rows, lambda item: ("pg", item)))
-    if close:
-        op.output("close_out", op.merge("close", *close_items), OverlappedSinks(close))
+    _store("close_out", recs, group_rows, settings, shutdown)
 
     # The control loop (docs/control-loop.md): commands for the fleet, and how it obeyed.
     def build_compliance(resume: bytes | None) -> TimedLogic:
@@ -289,17 +303,7 @@ def build_flow(
     op.output("dlq_out", side, DlqSink(settings.bootstrap, topics.dlq))
     op.output("assignments_out", routed, AssignmentSink(settings.bootstrap, topics.assignments))
     op.output("commands_out", control, CommandSink(settings.bootstrap, topics.commands))
-    history: dict[str, Sink] = {}
-    addressed = []
-    if not settings.no_redis:
-        history["redis"] = _redis_sink(settings, shutdown)
-        addressed.append(op.map("for_redis", to_redis, lambda item: ("redis", item)))
-    if not settings.no_pg:
-        history["pg"] = _pg_sink(settings, shutdown)
-        addressed.append(op.map("for_pg", to_pg, lambda item: ("pg", item)))
-    if history:
-        # One step: where a worker holds both Redis and PostgreSQL writes, they run at once.
-        op.output("history_out", op.merge("history", *addressed), OverlappedSinks(history))
+    _store("history_out", to_redis, to_pg, settings, shutdown)
     for i, sink in enumerate(extra_sinks):
         op.output(f"extra_out_{i}", everything, sink)
     return flow
